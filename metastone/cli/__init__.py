@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "train": "metastone.train.__main__",
     "export": "metastone.export",
     "prepare-data": "metastone.data.prepare",
+    "train-sprm": "metastone.cli.train_sprm",
     "demo": "metastone.cli.demo",
 }
 

@@ -47,10 +47,13 @@ def extract_features(
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     feature_layer: int = -2,
+    past_key_values=None,
 ) -> torch.Tensor:
     """Hidden states ``[B, T, d]`` equal to HF ``hidden_states[feature_layer]``, computing no later layer.
 
-    Gradients flow if the caller enables them; wrap in ``torch.no_grad()`` for scoring.
+    Gradients flow if the caller enables them; wrap in ``torch.no_grad()`` for scoring. With a
+    ``past_key_values`` cache (e.g. of a shared prompt, itself filled by a call to this function)
+    the call continues from the cached tokens and fills the cache up to the feature layer only.
     """
     base = backbone(model)
     layers = base.layers
@@ -63,7 +66,8 @@ def extract_features(
 
     handle = layer.register_forward_pre_hook(capture, with_kwargs=True)
     try:
-        base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+             past_key_values=past_key_values, use_cache=past_key_values is not None)
     except _StopForward:
         pass
     finally:

@@ -1,0 +1,82 @@
+"""``FitConfig``: every option of ``metastone train-sprm``, validated up front."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from metastone.sprm.aggregate import check_aggregation
+
+# Options that change the sampled drafts or the extracted features: a resumed run must agree on them.
+DATA_FIELDS = ("model", "data", "task", "n_drafts", "questions", "seed", "max_tokens", "temperature", "top_p",
+               "repetition_penalty", "separators", "think_tokens", "feature_layer", "feature_dtype")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    model: str = field(metadata={"help": "HF model folder of the frozen policy"})
+    task: str = field(metadata={"help": "task name (its grader labels the drafts)"})
+    out: str = field(metadata={"help": "output folder (all stages, resumable)"})
+    data: str | None = field(default=None, metadata={"help": "training questions (default: the task's train data)"})
+    n_drafts: int = field(default=8, metadata={"help": "drafts sampled per question"})
+    questions: int = field(default=0, metadata={"help": "use the first N questions (0: all)"})
+    backend: str = field(default="vllm", metadata={"help": "sampling backend: vllm | hf"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling, split, init and shuffling"})
+    max_tokens: int = field(default=256, metadata={"help": "max new tokens per draft"})
+    temperature: float = 0.7
+    top_p: float = 0.95
+    repetition_penalty: float = 1.0
+    separators: tuple[str, ...] = field(default=(".\n\n",), metadata={"help": "step separator strings (one token each)"})
+    think_tokens: tuple[str, str] | None = field(default=None, metadata={"help": "(start, end), or None: whole response"})
+    feature_layer: int = -2
+    feature_dtype: str = field(default="float32", metadata={"help": "dtype of the frozen backbone for features"})
+    aggregation: str = "geomean"
+    dropout: float = 0.5
+    heldout_frac: float = field(default=0.2, metadata={"help": "fraction of questions held out"})
+    epochs: int = 40
+    batch_size: int = field(default=64, metadata={"help": "drafts per optimizer step"})
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    pos_weight: float = 1.5
+    standardize: bool = field(default=True, metadata={"help": "train on standardized features, fold into the head"})
+    patience: int = field(default=8, metadata={"help": "epochs without held-out AUROC gain before stopping"})
+    feature_batch: int = field(default=16, metadata={"help": "drafts per feature forward pass"})
+    shard_questions: int = field(default=32, metadata={"help": "questions per feature shard"})
+    link_model: bool = field(default=True, metadata={"help": "link the model's files into --out (a ready model folder)"})
+    plot: bool = False
+
+    def __post_init__(self):
+        positive = {"n_drafts": self.n_drafts, "max_tokens": self.max_tokens, "epochs": self.epochs,
+                    "batch_size": self.batch_size, "feature_batch": self.feature_batch,
+                    "shard_questions": self.shard_questions, "patience": self.patience}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"train-sprm: --{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+        if self.n_drafts < 2:
+            raise ValueError("train-sprm: --n-drafts must be >= 2: the head learns from correct vs wrong drafts of a question.")
+        if self.questions < 0:
+            raise ValueError(f"train-sprm: --questions must be >= 0 (0 = all), got {self.questions}.")
+        if self.backend not in ("vllm", "hf"):
+            raise ValueError(f"train-sprm: --backend must be 'vllm' or 'hf', got {self.backend!r}.")
+        if not 0.0 < self.heldout_frac < 1.0:
+            raise ValueError(f"train-sprm: --heldout-frac must be in (0, 1), got {self.heldout_frac}.")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("train-sprm: need --temperature >= 0 and 0 < --top-p <= 1.")
+        if self.lr <= 0 or self.weight_decay < 0 or self.pos_weight <= 0:
+            raise ValueError("train-sprm: need --lr > 0, --weight-decay >= 0 and --pos-weight > 0.")
+        if self.feature_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"train-sprm: --feature-dtype must be float32, bfloat16 or float16, got {self.feature_dtype!r}.")
+        if not self.separators or not all(isinstance(s, str) and s for s in self.separators):
+            raise ValueError(f"train-sprm: --separators must be non-empty strings, got {self.separators!r}.")
+        object.__setattr__(self, "separators", tuple(self.separators))
+        if self.think_tokens is not None:
+            if len(self.think_tokens) != 2:
+                raise ValueError(f"train-sprm: --think-tokens takes two strings (start end), got {self.think_tokens!r}.")
+            object.__setattr__(self, "think_tokens", tuple(self.think_tokens))
+        check_aggregation(self.aggregation)
+
+    def data_content(self) -> dict:
+        data = asdict(self)
+        return {k: list(data[k]) if isinstance(data[k], tuple) else data[k] for k in DATA_FIELDS}
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
