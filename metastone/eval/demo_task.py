@@ -40,7 +40,9 @@ FEW_SHOT = (
     "Q: Sara has 5 pencils. She buys 3 more. How many pencils does Sara have now?\n"
     "A: 5 + 3 = 8. The answer is 8.\n\n"
 )
-STOP = ("\nQ:",)
+# A worked answer is one line; the few-shot examples end with a blank line, so a draft ends there too.
+# Without "\n\n" drafts ramble on for the whole token budget after answering (3x the tokens).
+STOP = ("\n\n", "\nQ:")
 
 _ANSWER_RE = re.compile(r"the answer is\s*:?\s*\$?\s*(-?\d[\d,]*)", re.IGNORECASE)
 

@@ -44,7 +44,7 @@ def test_task_prompt_and_grading():
     assert len(task) == 200 and Demo.load(split="train").examples[0].id.startswith("demo-train-")
     ex = task[0]
     assert task.prompt(ex) == demo_prompt(ex.meta["question"]) and task.prompt(ex).endswith("\nA:")
-    assert task.stop == ("\nQ:",)
+    assert task.stop == ("\n\n", "\nQ:")
     right = f" {ex.answer} items. The answer is {ex.answer}. The answer is {ex.answer + 1}."
     assert task.grade(right, ex).correct and not task.grade("The answer is 9999.", ex).correct
     assert task.answer_keys([right, "no idea"]) == [str(ex.answer), None]
