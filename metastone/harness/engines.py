@@ -38,6 +38,9 @@ class Sampling:
     top_p: float = 0.95
     repetition_penalty: float = 1.05
     stop: tuple[str, ...] = ()
+    # Token ids that end a request (kept in token_ids, cut from the text): search sends the SPRM step
+    # separators here to sample exactly one step per request. Empty = not sent (Best-of-N).
+    stop_token_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -45,6 +48,7 @@ class GenResult:
     text: str
     token_ids: list[int]
     finish_reason: str
+    stop_reason: int | str | None = None  # vLLM's: the stop token id or stop string that fired; None for EOS/length
 
 
 def base_url(url: str) -> str:
@@ -74,6 +78,8 @@ class ServerGenerator:
         body = {"model": self.model, "prompt": req.prompt_ids, "n": 1, "seed": req.seed, "max_tokens": sampling.max_tokens,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "stop": list(sampling.stop) or None,
                 "repetition_penalty": sampling.repetition_penalty, "return_token_ids": True, "skip_special_tokens": False}
+        if sampling.stop_token_ids:
+            body["stop_token_ids"] = list(sampling.stop_token_ids)
         resp = await client.post("/v1/completions", json=body)
         if resp.status_code != 200:
             raise RuntimeError(f"policy {client.base_url} answered {resp.status_code}: {resp.text[:300]}")
@@ -81,7 +87,7 @@ class ServerGenerator:
         ids = choice.get("token_ids")
         if ids is None:
             raise RuntimeError(f"policy {client.base_url} returned no token_ids; it must support return_token_ids")
-        return GenResult(choice["text"], list(ids), choice.get("finish_reason") or "length")
+        return GenResult(choice["text"], list(ids), choice.get("finish_reason") or "length", choice.get("stop_reason"))
 
     async def generate(self, requests: list[DraftRequest], sampling: Sampling) -> list[GenResult | Exception]:
         return list(await asyncio.gather(*(self._one(r, sampling) for r in requests), return_exceptions=True))
@@ -139,17 +145,20 @@ class LocalGenerator:
             from metastone.serve.hf_policy import SamplingConfig
 
             cfg = SamplingConfig(max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 stop=sampling.stop, repetition_penalty=sampling.repetition_penalty)
+                                 stop=sampling.stop, repetition_penalty=sampling.repetition_penalty,
+                                 stop_token_ids=sampling.stop_token_ids)
             drafts = self.policy.generate([r.prompt_ids for r in requests], [r.seed for r in requests], cfg)
-            return [GenResult(d.text, d.token_ids, d.finish_reason) for d in drafts]
+            return [GenResult(d.text, d.token_ids, d.finish_reason, d.stop_reason) for d in drafts]
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=1, seed=r.seed, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                                  top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
-                                 stop=list(sampling.stop) or None, skip_special_tokens=False) for r in requests]
+                                 stop=list(sampling.stop) or None, skip_special_tokens=False,
+                                 stop_token_ids=list(sampling.stop_token_ids) or None) for r in requests]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests], params, use_tqdm=False)
-        return [GenResult(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason or "length") for o in outs]
+        return [GenResult(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason or "length",
+                          o.outputs[0].stop_reason) for o in outs]
 
     async def generate(self, requests: list[DraftRequest], sampling: Sampling) -> list[GenResult | Exception]:
         async with self._lock:
@@ -160,7 +169,10 @@ class LocalGenerator:
                 return [exc] * len(requests)
 
     async def close(self) -> None:
-        return None
+        """Stop vLLM's engine processes now (its idle engine core busy-polls a CPU core until exit)."""
+        if self.backend == "vllm" and getattr(self, "llm", None) is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
 
 
 class LocalScorer:

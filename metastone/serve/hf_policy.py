@@ -4,7 +4,9 @@ Each draft gets its own ``torch.Generator`` seeded with its seed, so a draft's t
 on which other drafts share its batch (up to float rounding of padded batches): a resumed run
 regenerates a missing draft with the same seed and gets the same text. Prompts are left-padded and
 decoded together with a KV cache; sampling applies temperature and top-p; a draft stops at EOS, at
-a stop string (excluded from the text, like vLLM) or at ``max_tokens``. ``repetition_penalty``
+a stop token id (kept in ``token_ids``, excluded from the text, like vLLM's ``stop_token_ids``), at a
+stop string (excluded from the text, like vLLM) or at ``max_tokens``. Stop token ids are checked
+before stop strings, as vLLM does; ``stop_reason`` says which one fired (None for EOS). ``repetition_penalty``
 follows the HF/vLLM rule over prompt and output tokens (positive logits divided, negative multiplied).
 """
 
@@ -28,8 +30,9 @@ class Draft:
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    finish_reason: str  # "stop" (EOS, stop token id or stop string) or "length"
     seed: int | None
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it; None for EOS/length
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class SamplingConfig:
     top_p: float = 0.95
     stop: tuple[str, ...] = ()
     repetition_penalty: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()  # e.g. the SPRM step separators: search expands one step per request
 
     def __post_init__(self):
         if self.max_tokens <= 0:
@@ -109,6 +113,8 @@ class HFPolicy:
         reasons = ["length"] * batch
         texts = [""] * batch
         stopped_by_string = [False] * batch
+        stop_reasons: list[int | str | None] = [None] * batch
+        stop_ids = set(sampling.stop_token_ids)
         past = None
         step_input, positions = ids, (attn.cumsum(1) - 1).clamp_min(0)
         for _ in range(sampling.max_tokens):
@@ -128,12 +134,17 @@ class HFPolicy:
                     done[row], reasons[row] = True, "stop"
                     continue
                 out_ids[row].append(tok)
+                if tok in stop_ids:
+                    texts[row] = self.tokenizer.decode(out_ids[row][:-1], skip_special_tokens=False)
+                    done[row], reasons[row], stop_reasons[row], stopped_by_string[row] = True, "stop", tok, True
+                    continue
                 if sampling.stop:
                     text = self.tokenizer.decode(out_ids[row], skip_special_tokens=False)
-                    hit = min((text.find(s) for s in sampling.stop if s in text), default=-1)
-                    if hit >= 0:
+                    hits = sorted((text.find(s), i) for i, s in enumerate(sampling.stop) if s in text)
+                    if hits:
+                        hit, which = hits[0]
                         texts[row], done[row], reasons[row] = text[:hit], True, "stop"
-                        stopped_by_string[row] = True
+                        stopped_by_string[row], stop_reasons[row] = True, sampling.stop[which]
             if all(done):
                 break
             step_input = torch.tensor(next_tokens, device=self.device)[:, None]
@@ -141,9 +152,9 @@ class HFPolicy:
             positions = positions[:, -1:] + 1
         drafts = []
         for row in range(batch):
-            # Like vLLM: a stop string is cut from the text; the token ids keep every sampled token.
+            # Like vLLM: a stop string / stop token is cut from the text; the token ids keep every sampled token.
             text = texts[row] if stopped_by_string[row] else self.tokenizer.decode(out_ids[row], skip_special_tokens=False)
-            drafts.append(Draft(text, out_ids[row], reasons[row], seeds[row]))
+            drafts.append(Draft(text, out_ids[row], reasons[row], seeds[row], stop_reasons[row]))
         return drafts
 
     @staticmethod

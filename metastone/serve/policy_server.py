@@ -56,6 +56,7 @@ class CompletionRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = None
     stop: list[str] | str | None = None
+    stop_token_ids: list[int] | None = None
     repetition_penalty: float = Field(1.0, gt=0)
     return_token_ids: bool = False
 
@@ -84,18 +85,18 @@ class HFPolicyBackend:
         self._lock = asyncio.Lock()
 
     async def completions(self, prompt, *, n, max_tokens, temperature, top_p, seed, stop, return_token_ids,
-                          repetition_penalty=1.0):
+                          repetition_penalty=1.0, stop_token_ids=()):
         from metastone.serve.hf_policy import SamplingConfig
 
         ids = self.policy.encode(prompt) if isinstance(prompt, str) else list(prompt)
         sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop),
-                                  repetition_penalty=repetition_penalty)
+                                  repetition_penalty=repetition_penalty, stop_token_ids=tuple(stop_token_ids or ()))
         seeds = [seed + i if seed is not None else None for i in range(n)]
         async with self._lock:
             drafts = await asyncio.to_thread(self.policy.generate, [ids] * n, seeds, sampling)
         choices = []
         for i, d in enumerate(drafts):
-            choice = {"index": i, "text": d.text, "finish_reason": d.finish_reason, "logprobs": None}
+            choice = {"index": i, "text": d.text, "finish_reason": d.finish_reason, "stop_reason": d.stop_reason, "logprobs": None}
             if return_token_ids:
                 choice["token_ids"] = d.token_ids
                 choice["prompt_token_ids"] = ids
@@ -187,7 +188,8 @@ def create_policy_app(backend, *, api_key: str | None = None) -> FastAPI:
                                                  top_p=req.top_p, seed=req.seed,
                                                  stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
                                                  return_token_ids=req.return_token_ids,
-                                                 repetition_penalty=req.repetition_penalty)
+                                                 repetition_penalty=req.repetition_penalty,
+                                                 stop_token_ids=tuple(req.stop_token_ids or ()))
             except ValueError as exc:
                 raise bad_request("prompt", str(exc)) from exc
 

@@ -1,0 +1,89 @@
+"""SPRM-guided search: Best-of-N, step-level beam search and MCTS behind one interface.
+
+Every strategy is ``async def search(question, policy, scorer, cfg) -> SearchResult`` over the
+harness's async clients (``metastone.harness.engines``) and takes its own validated config::
+
+    from metastone.search import BeamSearchConfig, Question, run_search, step_spec_for
+    spec = step_spec_for(tokenizer, head_dir)            # the SPRM separators, from sprm_config.json
+    cfg = BeamSearchConfig(separator_ids=spec.separator_ids, beam_width=4, expansions=4, token_budget=4096)
+    result = await run_search(Question("q0", prompt_ids), generator, scorer, cfg)
+    result.token_ids, result.score, result.stats.tokens_generated
+
+``docs/search.md`` describes the strategies, budgets, determinism and record fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from metastone.search import beam, best_of_n, mcts
+from metastone.search.beam import BeamSearchConfig
+from metastone.search.best_of_n import BestOfNConfig
+from metastone.search.common import Node, Question, SearchConfig, SearchError, SearchResult, SearchStats, node_seed
+from metastone.search.mcts import MCTSConfig
+
+# strategy name -> (config class, search function)
+STRATEGIES = {
+    "bon": (BestOfNConfig, best_of_n.search),
+    "beam": (BeamSearchConfig, beam.search),
+    "mcts": (MCTSConfig, mcts.search),
+}
+
+
+def make_config(strategy: str, **options) -> SearchConfig:
+    """The config of ``strategy`` from keyword options; unknown options are an error naming the known ones."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown search strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}.")
+    cls = STRATEGIES[strategy][0]
+    unknown = sorted(set(options) - set(cls.field_names()))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no option(s) {unknown}; its options are {cls.field_names()}.")
+    return cls(**options)
+
+
+async def run_search(question: Question, policy, scorer, cfg: SearchConfig) -> SearchResult:
+    """Dispatch to the strategy that ``cfg`` belongs to."""
+    for cls, fn in STRATEGIES.values():
+        if type(cfg) is cls:
+            return await fn(question, policy, scorer, cfg)
+    raise TypeError(f"no strategy takes a {type(cfg).__name__}; use one of {[c.__name__ for c, _ in STRATEGIES.values()]}.")
+
+
+def sprm_config_for(head_path: str | Path):
+    """The ``SPRMConfig`` a head folder/file declares, or the paper's defaults for a released ``score_module.pt``.
+
+    Reads only the config (no weights), with the rule ``metastone.sprm.load_head`` uses.
+    """
+    from metastone.sprm import CONFIG_FILE, SPRMConfig, find_head_file
+
+    head_file = find_head_file(head_path)
+    config_file = head_file.with_name(CONFIG_FILE)
+    if head_file.suffix == ".safetensors" and config_file.is_file():
+        return SPRMConfig.load(config_file)
+    return SPRMConfig(hidden_size=1)  # hidden_size is not needed for the steps; defaults = the paper's
+
+
+def step_spec_for(tokenizer, head_path: str | Path):
+    """The ``StepSpec`` (separator and think token ids) the SPRM head at ``head_path`` is scored with."""
+    from metastone.sprm import resolve_step_spec
+
+    cfg = sprm_config_for(head_path)
+    return resolve_step_spec(tokenizer, cfg.separators, cfg.think_tokens)
+
+
+def trace_text(tokenizer, result: SearchResult, stop=()) -> str:
+    """The response text of a searched trace: its ids decoded, cut at the first task stop string (as vLLM
+    and the HF policy cut a draft), a final EOS dropped. Step texts from the policy omit the separators."""
+    ids = list(result.token_ids)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if ids and result.finish_reason == "stop" and result.stop_reason is None and ids[-1] == eos:
+        ids = ids[:-1]
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    hits = [text.find(s) for s in stop if s and s in text]
+    return text[: min(hits)] if hits else text
+
+
+__all__ = [
+    "STRATEGIES", "BestOfNConfig", "BeamSearchConfig", "MCTSConfig", "SearchConfig", "Question", "Node", "SearchResult",
+    "SearchStats", "SearchError", "node_seed", "make_config", "run_search", "step_spec_for", "sprm_config_for", "trace_text",
+]
