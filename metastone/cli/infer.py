@@ -6,6 +6,11 @@ The original ``test/inference.py`` flags keep working: ``--task --input_file --o
 URLs are given) drafts are spread over every policy URL and scored in batches by token ids.
 ``--backend vllm|hf`` runs both models in this process, no servers. Killed runs resume: rerun the
 same command. Metrics are a separate pass: ``metastone metric`` / ``test/compute_metric.py``.
+
+``--strategy beam|mcts`` replaces the K drafts by SPRM-guided search (``metastone.search``,
+``docs/search.md``): one searched trace per question, steps cut at the SPRM head's separators
+(read from ``sprm_config.json`` in ``--head_path``, default the model folder), budgets
+``--token_budget`` / ``--time_budget_s`` / ``--max_depth``. The default (``bon``) is unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +21,50 @@ import sys
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+
+# search options that are flags (the rest come from the run: seed, sampling, stop strings, separators)
+SEARCH_FLAGS = (
+    ("token_budget", int, "generated tokens per question, all requests together"),
+    ("time_budget_s", float, "seconds per question after which no request starts"),
+    ("max_depth", int, "most steps of one trace"),
+    ("max_step_tokens", int, "most tokens of one step"),
+    ("expansions", int, "children sampled per expanded node"),
+    ("beam_width", int, "beam: beams kept per step"),
+    ("c_uct", float, "mcts: UCT exploration constant"),
+    ("max_iterations", int, "mcts: most expansions per question"),
+    ("widening", float, "mcts: progressive widening exponent (0 = off)"),
+    ("max_children", int, "mcts: most children of one node under widening"),
+    ("backup", str, "mcts: mean | max"),
+    ("final", str, "mcts: answer rule, value | visits"),
+    ("aggregation", str, "path value from step scores: geomean | min | last | product | mean"),
+)
+
+
+def search_options(args, stop, separator_ids) -> dict:
+    """The search config's options from the flags (validated by the strategy's config class)."""
+    from metastone.search import make_config
+
+    given = {name: getattr(args, name) for name, _, _ in SEARCH_FLAGS if getattr(args, name) is not None}
+    cfg = make_config(args.strategy, seed=args.seed, max_tokens=args.max_tokens, temperature=args.temperature,
+                      top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=tuple(stop),
+                      separator_ids=tuple(separator_ids), max_retries=args.max_retries, **given)
+    return cfg.options()
+
+
+def _check_strategy_flags(args) -> None:
+    given = [name for name, _, _ in SEARCH_FLAGS if getattr(args, name) is not None]
+    if args.strategy == "bon":
+        if given or args.head_path:
+            extra = ["--" + n for n in given] + (["--head_path"] if args.head_path and args.backend == "server" else [])
+            if extra:
+                raise ValueError(f"{', '.join(extra)} apply to --strategy beam|mcts; the default Best-of-N run takes "
+                                 "--n_samples/--branch. Add --strategy beam or mcts, or drop them.")
+        return
+    if args.n_samples * args.branch != 1:
+        raise ValueError(f"--n_samples/--branch set the Best-of-N drafts ({args.n_samples} x {args.branch}); --strategy "
+                         f"{args.strategy} searches one trace per question: bound it with --token_budget/--time_budget_s "
+                         "and size it with --beam_width/--expansions instead.")
 
 
 def make_parser(subparsers):
@@ -48,6 +97,13 @@ def make_parser(subparsers):
                    help="vllm backend: per engine (policy and scorer share the GPU)")
     p.add_argument("--api_key", "--api-key", dest="api_key", default=None, help="bearer token for the services")
     p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true")
+    g = p.add_argument_group("search (--strategy beam|mcts; docs/search.md); unset options take the strategy's defaults")
+    g.add_argument("--strategy", choices=["bon", "beam", "mcts"], default="bon",
+                   help="bon: K = n_samples x branch drafts per question (default); beam / mcts: one SPRM-guided search per question")
+    g.add_argument("--head_path", "--head-path", dest="head_path", default=None,
+                   help="SPRM head folder/file (default: the model folder); its sprm_config.json names the step separators")
+    for name, typ, help_ in SEARCH_FLAGS:
+        g.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, type=typ, default=None, help=help_)
     p.set_defaults(func=main)
     return p
 
@@ -69,8 +125,9 @@ def _engines(args):
         from metastone.serve.hf_backend import HFScorer
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        head = {"head_path": args.head_path} if getattr(args, "head_path", None) else {}
         return backend, LocalGenerator("hf", args.model_dir, dtype=args.dtype, device=device), \
-            LocalScorer(HFScorer(args.model_dir, device=device, dtype=args.dtype)), 1
+            LocalScorer(HFScorer(args.model_dir, device=device, dtype=args.dtype, **head)), 1
     from metastone.serve.vllm_scorer import VLLMScorer
 
     kw = {"max_model_len": args.max_model_len} if args.max_model_len else {}
@@ -78,8 +135,9 @@ def _engines(args):
 
     if torch.cuda.is_available():
         kw["gpu_memory_utilization"] = args.gpu_memory_utilization
+    head = {"head_path": args.head_path} if getattr(args, "head_path", None) else {}
     return backend, LocalGenerator("vllm", args.model_dir, dtype=args.dtype, enforce_eager=not torch.cuda.is_available(), **kw), \
-        LocalScorer(VLLMScorer(args.model_dir, dtype=args.dtype, **kw)), 1
+        LocalScorer(VLLMScorer(args.model_dir, dtype=args.dtype, **kw, **head)), 1
 
 
 async def _main(args) -> int:
@@ -87,11 +145,23 @@ async def _main(args) -> int:
 
     from metastone.eval.tasks import load_task
     from metastone.harness.records import RecordStore
-    from metastone.harness.runner import RunConfig, check_or_save_config, file_sha256, run
+    from metastone.harness.runner import RunConfig, check_or_save_config, file_sha256, run, run_search_questions
 
+    _check_strategy_flags(args)
     task = load_task(args.task, args.input_file)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     chat = {"on": True, "off": False}.get(args.chat_template, getattr(task, "use_chat_template", True))
+    stop = tuple(getattr(task, "stop", ()) or ())
+    search = None
+    if args.strategy != "bon":
+        from metastone.search import step_spec_for
+
+        try:
+            spec = step_spec_for(tokenizer, args.head_path or args.model_dir)
+        except FileNotFoundError as exc:
+            raise ValueError(f"{exc} Search cuts steps at the SPRM head's separators: pass --head_path (a head "
+                             "folder with sprm_config.json, or score_module.pt for the paper's '.\\n\\n').") from None
+        search = search_options(args, stop, spec.separator_ids)
     backend, generator, scorer, n_urls = _engines(args)
     local = backend != "server"
     cfg = RunConfig(
@@ -99,18 +169,21 @@ async def _main(args) -> int:
         model=str(args.model_dir).rstrip("/").split("/")[-1], input_file=task.source,
         input_sha256=file_sha256(task.source) if task.source and Path(task.source).is_file() else "",
         seed=args.seed, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, stop=tuple(getattr(task, "stop", ()) or ()), chat_template=chat,
+        repetition_penalty=args.repetition_penalty, stop=stop, chat_template=chat,
         total_parts=args.total_parts, part=args.part, batch_size=args.batch_size or (16 if local else 8),
         workers=args.workers or (1 if local else 2 * n_urls), max_retries=args.max_retries, group_by_question=local,
+        **({"strategy": args.strategy, "search": search} if search else {}),
     )
     check_or_save_config(cfg)
     from tqdm import tqdm
 
-    progress = tqdm(unit="draft", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    unit = "draft" if search is None else "question"
+    progress = tqdm(unit=unit, disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
     try:
         with RecordStore(args.output_file) as store:
             before = len(store)
-            stats = await run(cfg, task, tokenizer, generator, scorer, store, progress)
+            runner = run if search is None else run_search_questions
+            stats = await runner(cfg, task, tokenizer, generator, scorer, store, progress)
             total = len(store)
     finally:
         progress.close()

@@ -1,5 +1,8 @@
 """Best-of-N sampling run: every missing draft of every question generated, scored and recorded once.
 
+(With ``strategy`` beam or mcts, ``run_search_questions`` below searches each missing question
+instead and records its chosen trace once; the same resume and config rules apply per question.)
+
 The run is a set of keys (task, question id, draft index), each with its own seed derived from the
 run seed, the question id and the draft index. The runner generates only the keys missing from the
 output file, so a run killed at any point and restarted with the same command finishes the missing
@@ -53,6 +56,11 @@ class RunConfig:
     # Local engines batch the drafts of one question together: same prompt, no padding, so a draft's
     # numbers do not depend on which questions happened to share its batch (resume = same contents).
     group_by_question: bool = False
+    # "bon": the per-draft Best-of-N run above (records and config file exactly as before). "beam" /
+    # "mcts": one searched trace per question (metastone.search); ``search`` holds the strategy's
+    # resolved options (SearchConfig.options()), which are compared on resume like the sampling fields.
+    strategy: str = "bon"
+    search: dict | None = None
 
     def __post_init__(self):
         if self.drafts_per_question < 1:
@@ -61,6 +69,9 @@ class RunConfig:
             raise ValueError(f"--part {self.part} must be in [0, --total_parts {self.total_parts}).")
         if self.batch_size < 1 or self.workers < 1 or self.max_retries < 0:
             raise ValueError("batch_size and workers must be >= 1 and max_retries >= 0.")
+        if self.strategy != "bon" and not self.search:
+            raise ValueError(f"strategy {self.strategy!r} needs its resolved options in RunConfig.search "
+                             "(metastone.search.make_config(...).options()).")
 
     @property
     def sampling(self) -> Sampling:
@@ -68,7 +79,18 @@ class RunConfig:
 
     def content(self) -> dict:
         data = asdict(self)
-        return {k: list(data[k]) if isinstance(data[k], tuple) else data[k] for k in CONTENT_FIELDS}
+        out = {k: list(data[k]) if isinstance(data[k], tuple) else data[k] for k in CONTENT_FIELDS}
+        if self.strategy != "bon":
+            out.update(strategy=self.strategy, search=self.search)
+        return out
+
+    def as_dict(self) -> dict:
+        """The resolved config as saved; a Best-of-N run's is exactly what it was before search existed."""
+        data = asdict(self)
+        if self.strategy == "bon":
+            data.pop("strategy")
+            data.pop("search")
+        return data
 
     @property
     def run_id(self) -> str:
@@ -102,7 +124,7 @@ def check_or_save_config(cfg: RunConfig) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"run_id": cfg.run_id, "content": cfg.content(), "config": asdict(cfg)}, indent=2, ensure_ascii=False))
+    tmp.write_text(json.dumps({"run_id": cfg.run_id, "content": cfg.content(), "config": cfg.as_dict()}, indent=2, ensure_ascii=False))
     tmp.replace(path)
 
 
@@ -223,3 +245,55 @@ def _questions_done(cfg: RunConfig, task, store: RecordStore) -> str:
     qs = my_questions(list(task), cfg.total_parts, cfg.part)
     done = sum(all(record_key(cfg.task, ex.id, d) in store for d in range(cfg.drafts_per_question)) for ex in qs)
     return f"{done}/{len(qs)}"
+
+
+async def run_search_questions(cfg: RunConfig, task, tokenizer, generator, scorer, store: RecordStore,
+                               progress=None) -> RunStats:
+    """SPRM-guided search (``cfg.strategy`` beam | mcts): one record per question, key ``(task, question, 0)``.
+
+    A question is searched from scratch unless its record exists, and its record is written only when
+    its search has finished, so a killed run redoes just the unfinished questions (a question's
+    requests do not depend on other questions: same contents as an uninterrupted run). The record is a
+    draft record (the metrics read ``response`` / ``score``: pass@1 is the chosen answer's accuracy)
+    plus ``strategy``, ``node``, ``finished``, ``candidates`` and the tree statistics ``search``.
+    """
+    from metastone.search import SearchError, make_config, run_search, trace_text
+    from metastone.search.common import Question
+
+    options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (cfg.search or {}).items() if k != "strategy"}
+    scfg = make_config(cfg.strategy, **options)
+    stats = RunStats()
+    todo = [ex for ex in my_questions(list(task), cfg.total_parts, cfg.part) if record_key(cfg.task, ex.id, 0) not in store]
+    if progress is not None:
+        progress.reset(total=len(todo))
+    gate = asyncio.Semaphore(cfg.workers)
+    run_id = cfg.run_id
+
+    async def one(ex) -> None:
+        async with gate:
+            prompt, ids = build_prompt(tokenizer, task.prompt(ex), cfg.chat_template)
+            try:
+                res = await run_search(Question(ex.id, ids, prompt), generator, scorer, scfg)
+            except Exception as exc:  # noqa: BLE001 - one question's failure is listed; a rerun retries it
+                if not isinstance(exc, SearchError):
+                    logger.warning("question %s: search failed: %r", ex.id, exc)
+                stats.failures.append(f"{record_key(cfg.task, ex.id, 0)}: {exc}")
+                return
+            store.append({
+                "key": record_key(cfg.task, ex.id, 0), "task": cfg.task, "question_id": ex.id, "draft": 0, "seed": cfg.seed,
+                "prompt": prompt, "prompt_len": len(ids), "response": trace_text(tokenizer, res, cfg.stop),
+                "token_ids": res.token_ids, "finish_reason": res.finish_reason, "score": res.score,
+                "step_scores": res.step_scores, "score_positions": res.positions, "answer": ex.answer,
+                "strategy": cfg.strategy, "node": res.node, "finished": res.finished, "depth": res.depth,
+                "search": res.stats.as_dict(), "candidates": res.candidates,
+                "timings": {"search_s": res.stats.wall_s}, "run_id": run_id,
+            })
+            stats.drafts_done += 1
+            stats.tokens += res.stats.tokens_generated
+            if progress is not None:
+                elapsed = max(time.monotonic() - stats.started, 1e-9)
+                progress.update(1)
+                progress.set_postfix(tok_s=f"{stats.tokens / elapsed:.0f}", nodes=res.stats.nodes_expanded)
+
+    await asyncio.gather(*(one(ex) for ex in todo))
+    return stats
