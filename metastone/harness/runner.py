@@ -281,7 +281,7 @@ async def run_search_questions(cfg: RunConfig, task, tokenizer, generator, score
                 return
             store.append({
                 "key": record_key(cfg.task, ex.id, 0), "task": cfg.task, "question_id": ex.id, "draft": 0, "seed": cfg.seed,
-                "prompt": prompt, "prompt_len": len(ids), "response": trace_text(tokenizer, res, cfg.stop),
+                "prompt": prompt, "prompt_len": len(ids), "response": trace_text(tokenizer, res.token_ids, cfg.stop, res.finish_reason, res.stop_reason),
                 "token_ids": res.token_ids, "finish_reason": res.finish_reason, "score": res.score,
                 "step_scores": res.step_scores, "score_positions": res.positions, "answer": ex.answer,
                 "strategy": cfg.strategy, "node": res.node, "finished": res.finished, "depth": res.depth,

@@ -71,12 +71,13 @@ def step_spec_for(tokenizer, head_path: str | Path):
     return resolve_step_spec(tokenizer, cfg.separators, cfg.think_tokens)
 
 
-def trace_text(tokenizer, result: SearchResult, stop=()) -> str:
+def trace_text(tokenizer, token_ids, stop=(), finish_reason: str | None = None, stop_reason=None) -> str:
     """The response text of a searched trace: its ids decoded, cut at the first task stop string (as vLLM
-    and the HF policy cut a draft), a final EOS dropped. Step texts from the policy omit the separators."""
-    ids = list(result.token_ids)
+    and the HF policy cut a draft), a final EOS dropped. (Step texts from the policy omit the separators,
+    so the text is rebuilt from the ids.)"""
+    ids = list(token_ids)
     eos = getattr(tokenizer, "eos_token_id", None)
-    if ids and result.finish_reason == "stop" and result.stop_reason is None and ids[-1] == eos:
+    if ids and finish_reason == "stop" and stop_reason is None and ids[-1] == eos:
         ids = ids[:-1]
     text = tokenizer.decode(ids, skip_special_tokens=False)
     hits = [text.find(s) for s in stop if s and s in text]

@@ -70,4 +70,4 @@ async def search(question: Question, policy, scorer, cfg: BeamSearchConfig) -> S
         if not beams and unfinished and not live and len(finished) < cfg.beam_width:
             exp.stats.stopped_by = "depth"
     chosen = pick_best(finished) or pick_best(frontier)
-    return make_result(question, cfg, chosen, finished, exp.stats, exp.started)
+    return make_result(question, cfg, chosen, finished, exp.stats, exp.started, exp.root)

@@ -51,4 +51,4 @@ async def search(question: Question, policy, scorer, cfg: BestOfNConfig) -> Sear
             exp.stats.stopped_by = exp.budget_reason() or "tokens"
             break
     chosen = pick_best(drafts)
-    return make_result(question, cfg, chosen, drafts, exp.stats, exp.started)
+    return make_result(question, cfg, chosen, drafts, exp.stats, exp.started, exp.root)

@@ -201,6 +201,7 @@ class SearchResult:
     depth: int
     candidates: list[dict]  # finished traces seen, best first: node, score, depth, tokens
     stats: SearchStats
+    root: Node | None = field(default=None, repr=False, compare=False)  # the whole tree, for analysis (not saved)
 
 
 class SearchError(RuntimeError):
@@ -217,14 +218,14 @@ def pick_best(nodes: Sequence[Node]) -> Node | None:
 
 
 def make_result(question: Question, cfg: SearchConfig, chosen: Node | None, finished: Sequence[Node], stats: SearchStats,
-                started: float) -> SearchResult:
+                started: float, root: Node | None = None) -> SearchResult:
     stats.wall_s = round(time.monotonic() - started, 4)
     cands = sorted(finished, key=lambda n: (-n.value, n.path))
     if chosen is None:
-        return SearchResult(question.id, cfg.strategy, [], "length", None, False, 0.0, [], [], "root", 0, [], stats)
+        return SearchResult(question.id, cfg.strategy, [], "length", None, False, 0.0, [], [], "root", 0, [], stats, root)
     return SearchResult(question.id, cfg.strategy, chosen.response_ids(), chosen.finish_reason or "length",
                         chosen.stop_reason, chosen.terminal, chosen.value, list(chosen.step_scores), list(chosen.positions),
-                        chosen.key, chosen.depth, [n.summary() for n in cands], stats)
+                        chosen.key, chosen.depth, [n.summary() for n in cands], stats, root)
 
 
 class StepExpander:

@@ -162,4 +162,4 @@ async def search(question: Question, policy, scorer, cfg: MCTSConfig) -> SearchR
         chosen = pick_best(finished) or pick_best([n for n in nodes if not n.children])
     if exp.stats.max_depth >= cfg.max_depth and not finished and exp.stats.stopped_by == "done":
         exp.stats.stopped_by = "depth"
-    return make_result(question, cfg, chosen, finished, exp.stats, exp.started)
+    return make_result(question, cfg, chosen, finished, exp.stats, exp.started, exp.root)
