@@ -103,7 +103,8 @@ def make_parser(subparsers):
     g.add_argument("--head_path", "--head-path", dest="head_path", default=None,
                    help="SPRM head folder/file (default: the model folder); its sprm_config.json names the step separators")
     for name, typ, help_ in SEARCH_FLAGS:
-        g.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, type=typ, default=None, help=help_)
+        flags = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])
+        g.add_argument(*flags, dest=name, type=typ, default=None, help=help_)
     p.set_defaults(func=main)
     return p
 
