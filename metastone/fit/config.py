@@ -32,13 +32,13 @@ class FitConfig:
     aggregation: str = "geomean"
     dropout: float = 0.5
     heldout_frac: float = field(default=0.2, metadata={"help": "fraction of questions held out"})
-    epochs: int = 40
+    epochs: int = 100
     batch_size: int = field(default=64, metadata={"help": "drafts per optimizer step"})
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 0.01
     pos_weight: float = 1.5
     standardize: bool = field(default=True, metadata={"help": "train on standardized features, fold into the head"})
-    patience: int = field(default=8, metadata={"help": "epochs without held-out AUROC gain before stopping"})
+    patience: int = field(default=20, metadata={"help": "epochs without held-out AUROC gain before stopping"})
     feature_batch: int = field(default=16, metadata={"help": "drafts per feature forward pass"})
     shard_questions: int = field(default=32, metadata={"help": "questions per feature shard"})
     link_model: bool = field(default=True, metadata={"help": "link the model's files into --out (a ready model folder)"})

@@ -118,7 +118,7 @@ def sample_drafts(cfg: FitConfig, task, tokenizer, out: Path, progress: bool) ->
             stats = asyncio.run(run(rc, task, tokenizer, generator, NullScorer(), store, bar))
         finally:
             bar.close()
-        del generator
+            asyncio.run(generator.close())
     if stats.failures:
         raise RuntimeError(f"{len(stats.failures)} drafts failed to generate (first: {stats.failures[0]}); rerun the "
                            "same command to retry them.")
@@ -210,10 +210,14 @@ def load_items(cfg: FitConfig, labels: dict, out: Path):
 
 
 def link_model_files(model_dir: Path, out: Path) -> None:
+    """Links to the model's files in ``out`` (plus a weights index, so a head file there is never read as weights)."""
+    from metastone.sprm.io import ensure_weights_index
+
     for name in MODEL_FILES:
         src, dst = model_dir / name, out / name
         if src.is_file() and not dst.exists():
             os.symlink(src.resolve(), dst)
+    ensure_weights_index(out)
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
@@ -231,7 +235,8 @@ def plot_curves(history: list[dict], path: Path) -> Path:
         axes[1].plot(ep, [h[f"{split}_correct_score"] for h in history], style, color="tab:green", label=f"{split} correct")
         axes[1].plot(ep, [h[f"{split}_wrong_score"] for h in history], style, color="tab:red", label=f"{split} wrong")
     axes[1].set_xlabel("epoch"); axes[1].set_title("mean trajectory score"); axes[1].legend(fontsize=8)
-    axes[2].plot(ep, [h["heldout_auroc"] for h in history], label="held-out AUROC")
+    axes[2].plot(ep, [h["heldout_auroc"] for h in history], label="AUROC (pooled)")
+    axes[2].plot(ep, [h.get("heldout_auroc_within") for h in history], label="AUROC (within question)")
     for k in sorted(k for k in history[-1] if k.startswith("heldout_bon@") or k.startswith("heldout_oracle@")
                     or k == "heldout_pass@1"):
         axes[2].plot(ep, [h.get(k) for h in history], label=k.removeprefix("heldout_"))
@@ -273,13 +278,14 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
                          "another --heldout-frac.")
 
     def show(row):
-        logger.info("epoch %d: loss %.4f kept %.2f | held-out AUROC %s, correct %.3f vs wrong %.3f, BoN@%d %.3f",
-                    row["epoch"], row["train_loss"], row["kept_step_frac"],
+        logger.info("epoch %d: loss %.4f kept %.2f | held-out AUROC %s (within question %s), correct %.3f vs wrong %.3f, "
+                    "BoN@%d %.3f", row["epoch"], row["train_loss"], row["kept_step_frac"],
                     "n/a" if row["heldout_auroc"] is None else f"{row['heldout_auroc']:.3f}",
+                    "n/a" if row["heldout_auroc_within"] is None else f"{row['heldout_auroc_within']:.3f}",
                     row["heldout_correct_score"] or 0.0, row["heldout_wrong_score"] or 0.0, cfg.n_drafts,
                     row.get(f"heldout_bon@{cfg.n_drafts}") or 0.0)
 
-    head, history, best_epoch = train_head(train, held, hidden, cfg, out / STATE, on_epoch=show if progress else None)
+    head, history, best_epoch = train_head(train, held, hidden, cfg, out / STATE, on_epoch=show)
     sprm_cfg = SPRMConfig(hidden_size=hidden, feature_layer=cfg.feature_layer, separators=cfg.separators,
                           think_tokens=cfg.think_tokens, aggregation=cfg.aggregation, dropout=cfg.dropout)
     save_head(head, out, sprm_cfg, released_format=True)

@@ -2,8 +2,10 @@
 
 Per epoch it logs the train loss and kept-step fraction, the mean trajectory score of correct and
 wrong drafts (train and held-out: the "aha moment" gap), the held-out AUROC of trajectory score vs
-correctness, and held-out SPRM Best-of-n accuracy (exact expectation over subsets) next to pass@1
-and oracle@K. Early stopping keeps the head with the best held-out AUROC. The full state (head,
+correctness (pooled, and within question), and held-out SPRM Best-of-n accuracy (exact expectation
+over subsets) next to pass@1 and oracle@K. Early stopping keeps the head with the best held-out within-question AUROC
+(the mean over questions with both right and wrong drafts: the ranking Best-of-N uses; the pooled
+AUROC also rewards telling easy questions from hard ones). The full state (head,
 optimizer, history, best head) is saved after every epoch, so a killed run resumes at the next
 epoch with the same numbers it would have produced uninterrupted.
 
@@ -101,6 +103,10 @@ def evaluate(items: Sequence[Item], scores: Sequence[float], ns: Sequence[int]) 
     res = {"auroc": auroc(list(scores), correct), "correct_score": sum(c) / len(c) if c else None,
            "wrong_score": sum(w) / len(w) if w else None, "pass@1": sum(correct) / max(len(correct), 1),
            "questions": len(groups), "drafts": len(items)}
+    # ranking inside a question is what Best-of-N uses: mean AUROC over questions with right and wrong drafts
+    within = [auroc([scores[i] for i in g], [correct[i] for i in g]) for g in groups.values()]
+    within = [a for a in within if a is not None]
+    res["auroc_within"] = sum(within) / len(within) if within else None
     k = min((len(g) for g in groups.values()), default=0)
     for n in ns:
         if 1 <= n <= k:
@@ -109,6 +115,10 @@ def evaluate(items: Sequence[Item], scores: Sequence[float], ns: Sequence[int]) 
     if k:
         res[f"oracle@{k}"] = sum(any(correct[i] for i in g[:k]) for g in groups.values()) / len(groups)
     return res
+
+
+def _or(value: float | None, default: float = -1.0) -> float:
+    return default if value is None else value
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -125,7 +135,7 @@ def train_head(train: Sequence[Item], held: Sequence[Item], hidden: int, cfg, st
     head = SPRMHead(hidden, dropout=cfg.dropout)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict] = []
-    best = {"auroc": float("-inf"), "epoch": -1, "state": None}
+    best = {"auroc": (-2.0, -2.0, float("-inf")), "epoch": -1, "state": None}
     start_epoch = 0
     if state_path.is_file():
         state = torch.load(state_path, weights_only=False)
@@ -163,8 +173,9 @@ def train_head(train: Sequence[Item], held: Sequence[Item], hidden: int, cfg, st
                "train_correct_score": tr["correct_score"], "train_wrong_score": tr["wrong_score"], "train_auroc": tr["auroc"],
                **{f"heldout_{k}": v for k, v in ho.items()}}
         history.append(row)
-        # selection criterion: held-out AUROC; where undefined (one class only), the negated train loss
-        score = ho["auroc"] if ho["auroc"] is not None else -row["train_loss"]
+        # selection criterion: held-out within-question AUROC (what Best-of-N depends on), ties broken by
+        # the pooled AUROC, then by the train loss (undefined AUROCs count as -1)
+        score = (_or(ho["auroc_within"]), _or(ho["auroc"]), -row["train_loss"])
         if score > best["auroc"]:
             best = {"auroc": score, "epoch": epoch, "state": {k: v.clone() for k, v in head.state_dict().items()}}
         _save_state(state_path, {"head": head.state_dict(), "optimizer": opt.state_dict(), "history": history,

@@ -187,4 +187,8 @@ class LocalScorer:
             return await asyncio.to_thread(self.scorer.score_ids, sequences, prompt_lens)
 
     async def close(self) -> None:
-        return None
+        """Stop a vLLM scorer's engine processes now (idle, they busy-poll a CPU core until exit)."""
+        llm = getattr(self.scorer, "llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            self.scorer.llm = None

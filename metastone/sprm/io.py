@@ -5,13 +5,22 @@ keys ``0.weight [2d, d]``, ``0.bias [2d]``, ``3.weight [1, 2d]``, ``3.bias [1]``
 ``nn.Sequential(Linear, ReLU, Dropout, Linear)``). It carries no config, so loading it uses the
 paper's defaults (layer -2, ".\\n\\n", geometric mean) with d read from the weights. Our format keeps
 the same keys in safetensors and records the config beside them.
+
+A head file beside a single-file ``model.safetensors`` would be read as model weights by loaders
+that take every ``*.safetensors`` of a folder (vLLM does); ``ensure_weights_index`` writes the
+standard ``model.safetensors.index.json`` so they read the listed file only (HF prefers the single
+file and is unaffected). ``save_head`` calls it for every folder it writes into.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import json
+import os
+
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from metastone.sprm.config import SPRMConfig
@@ -20,6 +29,8 @@ from metastone.sprm.head import SPRMHead
 HEAD_FILE = "sprm_head.safetensors"
 CONFIG_FILE = "sprm_config.json"
 RELEASED_HEAD_FILE = "score_module.pt"
+MODEL_WEIGHTS_FILE = "model.safetensors"
+MODEL_WEIGHTS_INDEX = "model.safetensors.index.json"
 HEAD_KEYS = ("0.weight", "0.bias", "3.weight", "3.bias")
 # Prefixes that wrappers (DDP, FSDP1, torch.compile) put in front of parameter names.
 _WRAPPER_PREFIXES = ("module.", "_fsdp_wrapped_module.", "_orig_mod.")
@@ -36,7 +47,23 @@ def save_head(head: SPRMHead, out_dir: str | Path, config: SPRMConfig, *, releas
     config.save(out / CONFIG_FILE)
     if released_format:
         torch.save(state, out / RELEASED_HEAD_FILE)
+    ensure_weights_index(out)
     return out
+
+
+def ensure_weights_index(folder: str | Path) -> Path | None:
+    """Write ``model.safetensors.index.json`` for a single-file model that has none; returns its path or None."""
+    folder = Path(folder)
+    weights, index = folder / MODEL_WEIGHTS_FILE, folder / MODEL_WEIGHTS_INDEX
+    if not weights.is_file() or index.exists():
+        return None
+    with safe_open(str(weights), framework="pt") as f:
+        names = list(f.keys())
+    data = {"metadata": {"total_size": weights.stat().st_size}, "weight_map": {n: MODEL_WEIGHTS_FILE for n in names}}
+    tmp = index.with_name(index.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, index)
+    return index
 
 
 def _clean_state_dict(state, source: Path) -> dict[str, torch.Tensor]:

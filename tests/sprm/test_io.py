@@ -83,3 +83,24 @@ def test_lang_modes():
     assert SPRMConfig.for_lang(8).separators == (".\n\n",)
     with pytest.raises(ValueError, match="lang"):
         SPRMConfig.for_lang(8, "fr")
+
+
+def test_head_beside_single_file_weights_gets_an_index(tmp_path, qwq_tokenizer):
+    """Loaders that read every *.safetensors (vLLM) must see the model file only; HF still loads the folder."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from metastone.assets.tiny import make_tiny_qwen2
+    from metastone.sprm.io import MODEL_WEIGHTS_INDEX, ensure_weights_index
+
+    folder = make_tiny_qwen2(tmp_path / "m", qwq_tokenizer, head_format="ours", seed=0)
+    index = json.loads((folder / MODEL_WEIGHTS_INDEX).read_text())
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        assert set(index["weight_map"]) == set(f.keys())
+    AutoModelForCausalLM.from_pretrained(folder)  # HF still takes the single file
+    assert set(index["weight_map"].values()) == {"model.safetensors"}
+    assert not any(k.startswith(("0.", "3.")) for k in index["weight_map"])
+    assert ensure_weights_index(folder) is None  # an existing index is left alone
