@@ -17,7 +17,6 @@ The SPRM head fitted on this model (``metastone train-sprm``, command and log be
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -161,10 +160,3 @@ def demo_head_path() -> Path:
         )
     return HEAD_DIR
 
-
-def file_md5(path: str | Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
