@@ -31,8 +31,3 @@ def test_console_script_and_errors(tiny_model_dir, tmp_path):
     missing = subprocess.run([str(exe), "score", "--model", str(tiny_model_dir), "--text-file", str(tmp_path / "nope.txt")],
                              capture_output=True, text=True, env=env, timeout=300)
     assert missing.returncode == 2 and "--text-file" in missing.stderr and "nope.txt" in missing.stderr
-
-
-def test_demo_fails_loudly_until_built(capsys):
-    assert main(["demo"]) == 3
-    assert "not built yet" in capsys.readouterr().err
