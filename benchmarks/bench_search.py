@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--max_step_tokens", type=int, default=32)
     p.add_argument("--max_depth", type=int, default=16)
     p.add_argument("--c_uct", type=float, default=None, help="MCTS exploration (default: MCTSConfig's)")
+    p.add_argument("--concurrency", type=int, default=16,
+                   help="questions searched side by side (their requests share engine batches; results do not depend on it)")
     p.add_argument("--out", default="results/bench_search", help="folder for search_bench.json and the plot")
     return p.parse_args(argv)
 
@@ -122,13 +124,20 @@ async def run_bench(args) -> dict:
     for ex in examples:
         prompt, ids = build_prompt(tokenizer, task.prompt(ex), chat)
         questions.append((ex, Question(ex.id, ids, prompt)))
-    if "bon" in strategies:
+    gate = asyncio.Semaphore(max(args.concurrency, 1))
+
+    async def search_all(cfg):
+        async def one(q):
+            async with gate:
+                return await run_search(q, generator, scorer, cfg)
+
         t0 = time.monotonic()
-        per_q = []
-        for ex, q in questions:
-            res = await run_search(q, generator, scorer, BestOfNConfig(n=args.bon_max, batch_size=8, **common))
-            per_q.append((ex, res.root.children))
-        secs = (time.monotonic() - t0) / max(len(questions), 1)
+        results = await asyncio.gather(*(one(q) for _, q in questions))
+        return results, (time.monotonic() - t0) / max(len(questions), 1)
+
+    if "bon" in strategies:
+        results, secs = await search_all(BestOfNConfig(n=args.bon_max, batch_size=8, **common))
+        per_q = [(ex, res.root.children) for (ex, _), res in zip(questions, results)]
         sampled = sum(len(c.step_ids) for _, children in per_q for c in children)
         if sampled / max(len(per_q), 1) < max(budgets):
             print(f"note: {args.bon_max} drafts average {sampled / len(per_q):.0f} tokens per question, less than the "
@@ -154,15 +163,15 @@ async def run_bench(args) -> dict:
                 cfg = MCTSConfig(expansions=args.expansions, max_depth=args.max_depth, max_step_tokens=args.max_step_tokens,
                                  token_budget=b, max_iterations=None, **extra, **common)
             correct = tokens = nodes = 0
-            t0 = time.monotonic()
-            for ex, q in questions:
-                res = await run_search(q, generator, scorer, cfg)
+            results, secs = await search_all(cfg)
+            for (ex, _), res in zip(questions, results):
                 tokens += res.stats.tokens_generated
                 nodes += res.stats.nodes_expanded
                 correct += grade(res.token_ids, res.finish_reason, res.stop_reason, ex) if res.token_ids else 0
             n = len(questions)
             rows.append({"strategy": name, "budget": b, "accuracy": correct / n, "tokens": tokens / n, "nodes": nodes / n,
-                         "seconds": (time.monotonic() - t0) / n})
+                         "seconds": secs})
+            print(f"  {name}@{b}: accuracy {correct / n:.3f}, {tokens / n:.0f} tokens/q, {secs:.2f} s/q", flush=True)
     task.close()
     return {"model": str(model), "head": str(head), "task": args.task, "questions": len(questions),
             "separator_ids": list(spec.separator_ids), "args": vars(args), "rows": rows}

@@ -88,7 +88,9 @@ def make_parser(subparsers):
     p.add_argument("--chat_template", "--chat-template", dest="chat_template", choices=["auto", "on", "off"], default="auto",
                    help="apply the tokenizer's chat template to the task prompt (auto: the task decides)")
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None, help="drafts per batch (default 16 local, 8 server)")
-    p.add_argument("--workers", type=int, default=None, help="batches in flight (default 1 local, 2 per policy URL)")
+    p.add_argument("--workers", type=int, default=None, help="batches in flight (default 1 local, 2 per policy URL); with --strategy beam|mcts: "
+                        "questions searched side by side (default 8 local, 2 per policy URL), whose requests local "
+                        "engines merge into shared batches (--workers 1: no other question in a batch)")
     p.add_argument("--max_retries", "--max-retries", dest="max_retries", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16", help="local backends")
     p.add_argument("--device", default=None, help="hf backend device")
@@ -172,7 +174,7 @@ async def _main(args) -> int:
         seed=args.seed, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, stop=stop, chat_template=chat,
         total_parts=args.total_parts, part=args.part, batch_size=args.batch_size or (16 if local else 8),
-        workers=args.workers or (1 if local else 2 * n_urls), max_retries=args.max_retries, group_by_question=local,
+        workers=args.workers or ((1 if search is None else 8) if local else 2 * n_urls), max_retries=args.max_retries, group_by_question=local,
         **({"strategy": args.strategy, "search": search} if search else {}),
     )
     check_or_save_config(cfg)

