@@ -75,6 +75,9 @@ def start_vllm_server(args, port: int) -> subprocess.Popen:
         cmd.append("--enforce-eager")
     if chunked_prefill_off(args.chunked_prefill):
         cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(args.max_model_len or 8192, 2048))]
+    from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts
+
+    bind_all_cores_on_small_hosts()
     logger.info("starting vLLM: %s", " ".join(cmd))
     return subprocess.Popen(cmd, env=os.environ.copy())
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from metastone.serve.scoring import TraceScore, check_batch, trace_score_from_token_probs
+from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts
 from metastone.serve.vllm_plugin import sprm_architecture
 from metastone.sprm import SPRMConfig, load_head, resolve_step_spec
 
@@ -60,6 +61,7 @@ class VLLMScorer:
         _, self.config = load_head(head_path or model_dir, hidden_size=hidden, config=config)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.spec = resolve_step_spec(self.tokenizer, self.config.separators, self.config.think_tokens)
+        bind_all_cores_on_small_hosts()
         self.llm = LLM(
             model=str(model_dir), runner="pooling", hf_overrides=overrides, dtype=dtype,
             enforce_eager=enforce_eager, **engine_kwargs,
