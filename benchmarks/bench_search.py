@@ -9,8 +9,11 @@ per question, all requests together):
 - **beam@B** / **MCTS@B**: one search per question with ``token_budget=B``.
 
 The chosen trace is graded with the task's grader (reports only: no strategy sees the answer). Prints a
-table (accuracy, mean generated tokens, nodes, seconds per question) and writes ``search_bench.json``
-and ``accuracy_vs_tokens.png`` under ``--out``. The demo task is a few-shot completion prompt (no chat
+table (accuracy, mean generated tokens, nodes, share of chosen traces that finished, wall seconds per
+question with ``--concurrency`` questions side by side) and writes ``search_bench.json`` (rows with
+per-question outcomes, saved as each row is measured) and ``accuracy_vs_tokens.png`` under ``--out``.
+A rerun with the same settings reuses the rows already measured: a killed run, or one given more
+budgets or strategies, measures only what is missing. The demo task is a few-shot completion prompt (no chat
 template); its steps are cut at the separators the head's ``sprm_config.json`` names.
 
     .venv/bin/python benchmarks/bench_search.py                                   # demo model + head, vLLM
@@ -90,6 +93,32 @@ def bon_within(drafts, budget: int):
     return pick_best(kept), used, len(kept)
 
 
+# what a measured row depends on besides its strategy and budget: a rerun reuses rows whose settings match
+SETTINGS = ("model", "head", "task", "input_file", "questions", "backend", "dtype", "seed", "max_tokens", "temperature",
+            "top_p", "repetition_penalty", "bon_max", "beam_width", "expansions", "max_step_tokens", "max_depth", "c_uct")
+
+
+def settings_of(args, model: Path, head: Path) -> dict:
+    out = {k: getattr(args, k) for k in SETTINGS}
+    out.update(model=str(model), head=str(head))
+    return out
+
+
+def load_done_rows(path: Path, settings: dict) -> list[dict]:
+    """Rows of an earlier run with the same settings (a killed or extended benchmark redoes nothing)."""
+    if not path.is_file():
+        return []
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{path}: not valid JSON ({exc}); move it away to start the benchmark afresh.") from None
+    if report.get("settings") != settings:
+        changed = sorted(k for k in settings if report.get("settings", {}).get(k) != settings[k])
+        print(f"note: {path} was measured with other settings ({', '.join(changed) or 'unknown'}); measuring afresh")
+        return []
+    return list(report.get("rows", []))
+
+
 async def run_bench(args) -> dict:
     from transformers import AutoTokenizer
 
@@ -106,6 +135,12 @@ async def run_bench(args) -> dict:
         model, head = Path(args.model), Path(args.head)
     budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
     strategies = [s for s in args.strategies.split(",") if s]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings_of(args, model, head)
+    rows = load_done_rows(out / "search_bench.json", settings)
+    done = {(r["strategy"], r["budget"]) for r in rows}
+    todo = [(s, b) for s in strategies for b in budgets if (s, b) not in done]
     tokenizer = AutoTokenizer.from_pretrained(model)
     spec = step_spec_for(tokenizer, head)
     task = load_task(args.task, args.input_file)
@@ -114,8 +149,22 @@ async def run_bench(args) -> dict:
     stop = tuple(getattr(task, "stop", ()) or ())
     common = dict(seed=args.seed, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                   repetition_penalty=args.repetition_penalty, stop=stop, separator_ids=spec.separator_ids)
+    report = {"task": args.task, "questions": len(examples), "model": str(model), "head": str(head),
+              "separator_ids": list(spec.separator_ids), "settings": settings, "rows": rows}
+
+    def save(row: dict) -> None:
+        rows.append(row)
+        rows.sort(key=lambda r: (strategies.index(r["strategy"]) if r["strategy"] in strategies else 99, r["budget"]))
+        tmp = out / "search_bench.json.tmp"
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(out / "search_bench.json")
+        print(f"  {row['strategy']}@{row['budget']}: accuracy {row['accuracy']:.3f}, {row['tokens']:.0f} tokens/q, "
+              f"{row['seconds']:.2f} s/q", flush=True)
+
+    if not todo:
+        task.close()
+        return report
     generator, scorer = engines(args, model, head)
-    rows = []
 
     def grade(ids, finish, stop_reason, ex) -> bool:
         return bool(task.grade(trace_text(tokenizer, ids, stop, finish, stop_reason), ex).correct)
@@ -135,26 +184,29 @@ async def run_bench(args) -> dict:
         results = await asyncio.gather(*(one(q) for _, q in questions))
         return results, (time.monotonic() - t0) / max(len(questions), 1)
 
-    if "bon" in strategies:
-        results, secs = await search_all(BestOfNConfig(n=args.bon_max, batch_size=8, **common))
-        per_q = [(ex, res.root.children) for (ex, _), res in zip(questions, results)]
-        sampled = sum(len(c.step_ids) for _, children in per_q for c in children)
-        if sampled / max(len(per_q), 1) < max(budgets):
-            print(f"note: {args.bon_max} drafts average {sampled / len(per_q):.0f} tokens per question, less than the "
-                  f"largest budget {max(budgets)}; raise --bon_max to fill it")
-        for b in budgets:
-            correct, tokens, drafts = 0, 0, 0
-            for ex, children in per_q:
-                best, used, k = bon_within(children, b)
-                tokens, drafts = tokens + used, drafts + k
-                if best is not None:
-                    correct += grade(best.response_ids(), best.finish_reason, best.stop_reason, ex)
-            n = len(per_q)
-            share = tokens / max(sampled, 1)  # the part of the sampling time this budget used
-            rows.append({"strategy": "bon", "budget": b, "accuracy": correct / n, "tokens": tokens / n,
-                         "nodes": drafts / n, "seconds": secs * share})
-    for name in [s for s in strategies if s != "bon"]:
-        for b in budgets:
+    try:
+        bon_budgets = [b for s, b in todo if s == "bon"]
+        if bon_budgets:
+            results, secs = await search_all(BestOfNConfig(n=args.bon_max, batch_size=8, **common))
+            per_q = [(ex, res.root.children) for (ex, _), res in zip(questions, results)]
+            sampled = sum(len(c.step_ids) for _, children in per_q for c in children)
+            if sampled / max(len(per_q), 1) < max(bon_budgets):
+                print(f"note: {args.bon_max} drafts average {sampled / len(per_q):.0f} tokens per question, less than "
+                      f"the largest budget {max(bon_budgets)}; raise --bon_max to fill it")
+            for b in bon_budgets:
+                per_question, tokens = [], 0
+                for ex, children in per_q:
+                    best, used, k = bon_within(children, b)
+                    ok = bool(best is not None and grade(best.response_ids(), best.finish_reason, best.stop_reason, ex))
+                    per_question.append({"id": ex.id, "correct": ok, "tokens": used, "nodes": k,
+                                         "node": best.key if best is not None else None})
+                    tokens += used
+                n = len(per_q)
+                share = tokens / max(sampled, 1)  # the part of the sampling time this budget used
+                save({"strategy": "bon", "budget": b, "accuracy": sum(q["correct"] for q in per_question) / n,
+                      "tokens": tokens / n, "nodes": sum(q["nodes"] for q in per_question) / n, "seconds": secs * share,
+                      "per_question": per_question})
+        for name, b in [(s, b) for s, b in todo if s != "bon"]:
             if name == "beam":
                 cfg = BeamSearchConfig(beam_width=args.beam_width, expansions=args.expansions, max_depth=args.max_depth,
                                        max_step_tokens=args.max_step_tokens, token_budget=b, **common)
@@ -162,26 +214,32 @@ async def run_bench(args) -> dict:
                 extra = {"c_uct": args.c_uct} if args.c_uct is not None else {}
                 cfg = MCTSConfig(expansions=args.expansions, max_depth=args.max_depth, max_step_tokens=args.max_step_tokens,
                                  token_budget=b, max_iterations=None, **extra, **common)
-            correct = tokens = nodes = 0
             results, secs = await search_all(cfg)
+            per_question = []
             for (ex, _), res in zip(questions, results):
-                tokens += res.stats.tokens_generated
-                nodes += res.stats.nodes_expanded
-                correct += grade(res.token_ids, res.finish_reason, res.stop_reason, ex) if res.token_ids else 0
+                ok = bool(res.token_ids and grade(res.token_ids, res.finish_reason, res.stop_reason, ex))
+                per_question.append({"id": ex.id, "correct": ok, "tokens": res.stats.tokens_generated,
+                                     "nodes": res.stats.nodes_expanded, "node": res.node, "finished": res.finished,
+                                     "stopped_by": res.stats.stopped_by})
             n = len(questions)
-            rows.append({"strategy": name, "budget": b, "accuracy": correct / n, "tokens": tokens / n, "nodes": nodes / n,
-                         "seconds": secs})
-            print(f"  {name}@{b}: accuracy {correct / n:.3f}, {tokens / n:.0f} tokens/q, {secs:.2f} s/q", flush=True)
-    task.close()
-    return {"model": str(model), "head": str(head), "task": args.task, "questions": len(questions),
-            "separator_ids": list(spec.separator_ids), "args": vars(args), "rows": rows}
+            save({"strategy": name, "budget": b, "accuracy": sum(q["correct"] for q in per_question) / n,
+                  "tokens": sum(q["tokens"] for q in per_question) / n,
+                  "nodes": sum(q["nodes"] for q in per_question) / n, "seconds": secs,
+                  "finished": sum(bool(q["finished"]) for q in per_question) / n, "per_question": per_question})
+    finally:
+        await generator.close()
+        await scorer.close()
+        task.close()
+    return report
 
 
 def print_table(report: dict) -> None:
     print(f"{report['task']}: {report['questions']} questions, model {report['model']}, separators {report['separator_ids']}")
-    print(f"{'strategy':<8} {'budget':>7} {'accuracy':>9} {'tokens/q':>9} {'nodes/q':>8} {'s/q':>7}")
+    print(f"{'strategy':<8} {'budget':>7} {'accuracy':>9} {'tokens/q':>9} {'nodes/q':>8} {'finished':>9} {'s/q':>7}")
     for r in report["rows"]:
-        print(f"{r['strategy']:<8} {r['budget']:>7} {r['accuracy']:>9.3f} {r['tokens']:>9.1f} {r['nodes']:>8.1f} {r['seconds']:>7.2f}")
+        done = f"{r['finished']:.2f}" if "finished" in r else "all"
+        print(f"{r['strategy']:<8} {r['budget']:>7} {r['accuracy']:>9.3f} {r['tokens']:>9.1f} {r['nodes']:>8.1f} "
+              f"{done:>9} {r['seconds']:>7.2f}")
 
 
 def plot(report: dict, path: Path) -> None:
@@ -209,8 +267,6 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     report = asyncio.run(run_bench(args))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "search_bench.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out / "accuracy_vs_tokens.png")
     print_table(report)
     print(f"wrote {out / 'search_bench.json'} and {out / 'accuracy_vs_tokens.png'}")
