@@ -36,6 +36,9 @@ def make_parser(subparsers):
     p.add_argument("--questions", type=int, default=200, help="first N questions of the demo test split (200 = all)")
     p.add_argument("--drafts", type=int, default=8, help="drafts per question (K >= 2)")
     p.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help="in-process engines")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="vllm backend dtype (auto: bfloat16 where the CPU has native bfloat16, else float32; "
+                        "the hf backend always uses float32)")
     p.add_argument("--head", default=None, help="SPRM head folder or file (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -154,14 +157,17 @@ def main(args) -> int:
     head = Path(args.head) if args.head else demo_head_path()
     model = prepare_model_folder(out, head)
     questions = question_file(out, args.questions)
-    drafts = out / f"drafts-{args.questions}x{args.drafts}-{args.backend}.jsonl"
+    from metastone.serve.vllm_cpu import cpu_dtype
+
+    dtype = cpu_dtype(args.dtype) if args.backend == "vllm" else "float32"
+    drafts = out / f"drafts-{args.questions}x{args.drafts}-{args.backend}-{dtype}.jsonl"
     print(f"[2/3] sampling {args.drafts} drafts for each of {args.questions} questions and scoring them "
-          f"(the test/inference.py harness, {args.backend} in-process; resumable)", file=sys.stderr)
+          f"(the test/inference.py harness, {args.backend} in-process, {dtype}; resumable)", file=sys.stderr)
     infer_argv = ["infer", "--task", "demo", "--input_file", str(questions), "--output_file", str(drafts),
                   "--model_dir", str(model), "--backend", args.backend, "--n_samples", str(args.drafts),
                   "--seed", str(args.seed), "--max_tokens", "64", "--temperature", "0.7", "--top_p", "0.95",
                   "--repetition_penalty", "1.0", "--max_model_len", "512",
-                  "--dtype", "bfloat16" if args.backend == "vllm" else "float32"]
+                  "--dtype", dtype]
     if args.no_progress:
         infer_argv.append("--no_progress")
     infer_args = build_parser().parse_args(infer_argv)

@@ -68,5 +68,5 @@ def test_demo_command_end_to_end(tmp_path, converted, monkeypatch, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["questions"] == 3 and report["drafts"] == 6
     assert (tmp_path / "accuracy_vs_n.png").is_file()
-    records = [json.loads(line) for line in (tmp_path / "drafts-3x2-hf.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "drafts-3x2-hf-float32.jsonl").read_text().splitlines()]
     assert all(r["score"] is not None and len(r["step_scores"]) == len(r["score_positions"]) for r in records)
