@@ -14,7 +14,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
-from metastone.serve.scoring import TraceScore
+from metastone.serve.scoring import TraceScore, check_batch
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,6 @@ class Coalescer:
         self._run_batch = run_batch
         self._pending: list[tuple[list, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
-        self.batches = 0  # engine calls made (for tests and stats)
 
     async def submit(self, items: list) -> list:
         if not items:
@@ -148,7 +147,6 @@ class Coalescer:
             if not calls:
                 continue
             flat = [item for items, _ in calls for item in items]
-            self.batches += 1
             try:
                 results = await asyncio.to_thread(self._run_batch, flat)
             except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
@@ -246,9 +244,9 @@ class LocalScorer:
         return self.scorer.score_ids([seq for seq, _ in items], [n for _, n in items])
 
     async def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[TraceScore]:
-        if len(sequences) != len(prompt_lens):
-            raise ValueError(f"score: {len(sequences)} sequences but {len(prompt_lens)} prompt_lens; give one prompt length per sequence.")
-        return await self._batcher.submit(list(zip(sequences, prompt_lens)))
+        # checked per call, before merging: an error names this caller's sequence index, not the merged batch's
+        lens = check_batch(sequences, prompt_lens, None)
+        return await self._batcher.submit(list(zip(sequences, lens)))
 
     async def close(self) -> None:
         """Stop a vLLM scorer's engine processes now (idle, they busy-poll a CPU core until exit)."""

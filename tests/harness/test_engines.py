@@ -26,6 +26,11 @@ class Recorder:
             raise RuntimeError(f"engine failed on {self.fail_on}")
         return [x * 10 for x in items]
 
+    async def running(self):
+        """Wait until the first batch has started (and is held by the gate)."""
+        while not self.batches:
+            await asyncio.sleep(0.01)
+
 
 def test_concurrent_calls_make_one_batch_and_get_their_own_results():
     rec = Recorder()
@@ -46,8 +51,7 @@ def test_calls_arriving_during_a_batch_form_the_next_batch():
 
     async def main():
         first = asyncio.create_task(batcher.submit([1]))
-        while not rec.batches:  # the first batch is running (held by the gate)
-            await asyncio.sleep(0.01)
+        await rec.running()
         later = [asyncio.create_task(batcher.submit([k])) for k in (2, 3, 4)]
         await asyncio.sleep(0.05)
         gate.set()
@@ -80,8 +84,7 @@ def test_a_cancelled_caller_does_not_disturb_the_others():
     async def main():
         a = asyncio.create_task(batcher.submit([1]))
         b = asyncio.create_task(batcher.submit([2]))
-        while not rec.batches:
-            await asyncio.sleep(0.01)
+        await rec.running()
         a.cancel()
         gate.set()
         return await b, await asyncio.gather(a, return_exceptions=True)
@@ -110,9 +113,7 @@ class FakePolicy:
 def test_hf_generator_groups_merged_requests_by_sampling():
     gen = object.__new__(LocalGenerator)
     gen.backend, gen.policy = "hf", FakePolicy()
-    from metastone.harness.engines import Coalescer as C
-
-    gen._batcher = C(gen._run)
+    gen._batcher = Coalescer(gen._run)
 
     def req(seed):
         return DraftRequest(f"k{seed}", "q", 0, seed, "", [1, 2])
@@ -148,5 +149,5 @@ def test_local_scorer_merges_and_checks_lengths():
 
     assert asyncio.run(main()) == [[(3, 1)], [(1, 0), (2, 1)]]
     assert inner.calls == 1
-    with pytest.raises(ValueError, match="one prompt length per sequence"):
+    with pytest.raises(ValueError, match="1 sequences but 2 prompt lengths"):
         asyncio.run(scorer.score([[1]], [1, 2]))
