@@ -19,7 +19,8 @@ def make_parser(subparsers):
     p.add_argument("--text-file", required=True, help="file holding the trace (prompt + response) as text")
     p.add_argument("--prompt-file", help="optional prompt; then --text-file holds the response only")
     p.add_argument("--head", help="head file or folder, if not beside the model")
-    p.add_argument("--lang", choices=["en", "zh"], help="separator mode: en '.\\n\\n' (default), zh '\\n' and '。'")
+    p.add_argument("--lang", choices=["en", "zh"],
+                   help="separator mode: en '.\\n\\n' (default); zh: every short token holding '\\n' or '。' (the original's rule)")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=main)

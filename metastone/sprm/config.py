@@ -22,7 +22,8 @@ class SPRMConfig:
         feature_layer: index into HF ``hidden_states`` of the feature the head reads; -2 (the residual
             stream entering the last decoder layer) in MetaStone-S1. Any index that is the input of a
             decoder layer is allowed (0 .. L-1, or -2 .. -L-1).
-        separators: step separator strings; each must be one token of the model's tokenizer.
+        separators: step separator strings; each must be one token of the model's tokenizer, or the
+            rule ``"@zh"`` (the original score server's zh set, ``metastone.sprm.steps.zh_separator_ids``).
         think_tokens: ``(start, end)`` delimiting the think span, or None for models without one.
         aggregation: trajectory score from step scores: geomean (paper), min, last, product, mean.
         dropout: the head's dropout probability (active in training only).
@@ -60,7 +61,8 @@ class SPRMConfig:
 
     @classmethod
     def for_lang(cls, hidden_size: int, lang: str = "en", **kwargs) -> "SPRMConfig":
-        """Config with the separators of a language mode: ``en`` = ".\\n\\n", ``zh`` = "\\n" and "。"."""
+        """Config with the separators of a language mode: ``en`` = ".\\n\\n", ``zh`` = the rule ``"@zh"``
+        (every short token holding "\\n" or "。", as the original score server's ``--lang zh``)."""
         if lang not in LANG_SEPARATORS:
             raise ValueError(f"unknown lang {lang!r}; expected one of {sorted(LANG_SEPARATORS)}.")
         return cls(hidden_size=hidden_size, separators=LANG_SEPARATORS[lang], **kwargs)

@@ -27,10 +27,21 @@ Edge cases (documented and tested):
 Deliberate difference from the original training mask, in one degenerate case only: a separator
 that is the very first response token (an empty first step) would have been read at the last
 prompt token; rule 5 drops it.
+
+Separator rules. A separator entry may name a rule instead of a token: ``ZH_SEPARATOR_RULE``
+(``"@zh"``, what ``--lang zh`` and ``SPRMConfig.for_lang(d, "zh")`` use) expands to the original
+score server's zh set (MetaStone-S1 ``test/score_model_queue.py``, ``get_all_key_ids``): every
+vocabulary token whose decoded text has at most 3 characters and, for ``"\n"`` or ``"。"``, contains
+it and has at most one character left once every copy of it is removed (``"\n"``, ``"\n\n"``,
+``".\n\n"``, ``"。\n\n"``, ``"。"``, ``"。”"``, ...; 116 tokens of the Qwen vocabulary). The set is derived
+from the tokenizer once and cached per tokenizer (``zh_separator_ids``). The released heads were
+trained on ``".\n\n"`` only, so zh scores read the head at positions it never saw in training (see
+docs/differences.md).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,8 +49,14 @@ import torch
 
 # Separator strings of the released models and of the two language modes.
 DEFAULT_SEPARATORS: tuple[str, ...] = (".\n\n",)
-CHINESE_SEPARATORS: tuple[str, ...] = ("\n", "。")
+ZH_SEPARATOR_RULE = "@zh"
+CHINESE_SEPARATORS: tuple[str, ...] = (ZH_SEPARATOR_RULE,)
 DEFAULT_THINK_TOKENS: tuple[str, str] = ("<think>", "</think>")
+# The zh rule of the original score server: these characters, tokens of at most 3 characters.
+ZH_TARGET_CHARS: tuple[str, ...] = ("\n", "。")
+ZH_MAX_TOKEN_CHARS = 3
+
+_zh_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -68,9 +85,50 @@ def single_token_id(tokenizer, text: str, what: str) -> int:
         raise ValueError(
             f"{what} {text!r} must be a single token of this tokenizer, but it encodes to {ids}. "
             "Choose separators/think tokens that are single tokens in the vocabulary "
-            "(e.g. '.\\n\\n' for Qwen2-family tokenizers), or add them as tokens."
+            "(e.g. '.\\n\\n' for Qwen2-family tokenizers), the separator rule '@zh', or add them as tokens."
         )
     return ids[0]
+
+
+def is_zh_separator_text(text: str) -> bool:
+    """The original zh rule on one decoded token: at most 3 characters, and for ``"\\n"`` or ``"。"``:
+    contains it, with at most one character left once every copy of it is removed."""
+    if len(text) > ZH_MAX_TOKEN_CHARS:
+        return False
+    return any(c in text and len(text.replace(c, "")) <= 1 for c in ZH_TARGET_CHARS)
+
+
+def zh_separator_ids(tokenizer) -> tuple[int, ...]:
+    """Sorted ids of every vocabulary token that ``is_zh_separator_text`` accepts (cached per tokenizer).
+
+    Each token is decoded alone with the tokenizer's default ``decode``, as the original did.
+    """
+    size = len(tokenizer)  # a tokenizer grown by add_tokens is scanned again
+    try:
+        cached_size, cached = _zh_cache[tokenizer]
+        if cached_size == size:
+            return cached
+    except (KeyError, TypeError):
+        pass
+    ids = sorted(set(int(i) for i in tokenizer.get_vocab().values()))
+    found = tuple(i for i in ids if is_zh_separator_text(tokenizer.decode([i])))
+    if not found:
+        raise ValueError(
+            "the zh separator rule found no token of this tokenizer containing '\\n' or '。'; "
+            "use explicit separators instead."
+        )
+    try:
+        _zh_cache[tokenizer] = (size, found)
+    except TypeError:  # a tokenizer that cannot be weakly referenced is just not cached
+        pass
+    return found
+
+
+def separator_ids(tokenizer, separator: str) -> tuple[int, ...]:
+    """Token ids of one separator entry: a rule name (``"@zh"``) or a single-token string."""
+    if separator == ZH_SEPARATOR_RULE:
+        return zh_separator_ids(tokenizer)
+    return (single_token_id(tokenizer, separator, "separator"),)
 
 
 def resolve_step_spec(
@@ -80,11 +138,12 @@ def resolve_step_spec(
 ) -> StepSpec:
     """Resolve separator strings and think tokens to ids with ``tokenizer``.
 
-    Every separator must be a single token. Think tokens that the vocabulary does not hold as single
-    tokens (models without a think span, e.g. SmolLM2) are dropped, which makes the whole response
-    the span; pass ``think_tokens=None`` to drop them explicitly.
+    Every separator must be a single token or a rule name (``"@zh"``, see module doc). Think tokens
+    that the vocabulary does not hold as single tokens (models without a think span, e.g. SmolLM2)
+    are dropped, which makes the whole response the span; pass ``think_tokens=None`` to drop them
+    explicitly.
     """
-    sep_ids = tuple(dict.fromkeys(single_token_id(tokenizer, s, "separator") for s in separators))
+    sep_ids = tuple(dict.fromkeys(i for s in separators for i in separator_ids(tokenizer, s)))
     start_id = end_id = None
     if think_tokens:
         if len(think_tokens) != 2:

@@ -79,7 +79,7 @@ def test_config_validation_and_unknown_fields(tmp_path):
 
 
 def test_lang_modes():
-    assert SPRMConfig.for_lang(8, "zh").separators == ("\n", "。")
+    assert SPRMConfig.for_lang(8, "zh").separators == ("@zh",)
     assert SPRMConfig.for_lang(8).separators == (".\n\n",)
     with pytest.raises(ValueError, match="lang"):
         SPRMConfig.for_lang(8, "fr")

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from metastone.sprm import StepSpec, resolve_step_spec, step_mask, step_positions
+from metastone.sprm import SPRMConfig, StepSpec, resolve_step_spec, step_mask, step_positions
+from metastone.sprm.steps import is_zh_separator_text, zh_separator_ids
 
 SPEC = StepSpec(separator_ids=(5,), think_start_id=1, think_end_id=2)
 
@@ -96,8 +97,8 @@ def test_real_qwen_tokenizers_single_tokens(qwq_tokenizer, r1_tokenizer):
     r1 = resolve_step_spec(r1_tokenizer)
     assert qwq == StepSpec(separator_ids=(382,), think_start_id=151667, think_end_id=151668)
     assert r1 == StepSpec(separator_ids=(382,), think_start_id=151648, think_end_id=151649)
-    zh = resolve_step_spec(qwq_tokenizer, separators=("\n", "。"))
-    assert zh.separator_ids == (198, 1773)
+    plain = resolve_step_spec(qwq_tokenizer, separators=("\n", "。"))
+    assert plain.separator_ids == (198, 1773)
     with pytest.raises(ValueError, match="single token"):
         resolve_step_spec(qwq_tokenizer, separators=("Hello world",))
 
@@ -124,3 +125,46 @@ def test_real_trace_reads_token_before_each_separator(qwq_tokenizer):
     # A longer newline run is another single token, as in the released vocabulary: it ends no step.
     longer = qwq_tokenizer.encode(".\n\n\n\n", add_special_tokens=False)
     assert len(longer) == 1 and longer != [382]
+
+
+def test_zh_rule_on_decoded_text():
+    # The original score server's zh rule: <= 3 characters, holds "\n" or "。", <= 1 other character.
+    for text in ("\n", "\n\n", "\n\n\n", ".\n\n", "。", "。\n", "。\n\n", "，\n", "。”", "。。。", "\n \n"):
+        assert is_zh_separator_text(text), text
+    for text in ("\n\n\n\n", "。”\n\n", "ab\n", "。“”", "a", "", ".", "\n。x"):
+        assert not is_zh_separator_text(text), text
+
+
+def test_zh_separator_set_from_real_tokenizer(r1_tokenizer, qwq_tokenizer):
+    ids = zh_separator_ids(r1_tokenizer)
+    assert zh_separator_ids(r1_tokenizer) is ids  # cached per tokenizer
+    # Hand-checked members: "\n" 198, "\n\n" 271, ".\n\n" 382, "。" 1773, "。\n\n" 3407, "。\n" 8997,
+    # "，\n" 41453, "：\n\n" 48443; non-members: "\n\n\n\n", "。”\n\n" 78900.
+    for i in (198, 271, 382, 1773, 3407, 8997, 41453, 48443):
+        assert i in ids, (i, r1_tokenizer.decode([i]))
+    assert r1_tokenizer.encode("\n\n\n\n", add_special_tokens=False)[0] not in ids
+    assert 78900 not in ids and 151648 not in ids and 151649 not in ids
+    # "about a hundred" tokens; the added tokens differ between flavours, the BPE ranks do not.
+    assert len(ids) == 116 and zh_separator_ids(qwq_tokenizer) == ids
+    zh = resolve_step_spec(r1_tokenizer, SPRMConfig.for_lang(8, "zh").separators)
+    assert zh.separator_ids == ids and (zh.think_start_id, zh.think_end_id) == (151648, 151649)
+
+
+def test_zh_trace_positions_by_hand(r1_tokenizer):
+    prompt = "<｜User｜>选哪个？<｜Assistant｜>"
+    response = "<think>\n先算一下。\n\n好像不对，\n重新算：\n\n他说“选C。”\n\n所以选C。\n\n</think>\n答案：C。\n\n"
+    p_ids = r1_tokenizer.encode(prompt, add_special_tokens=False)
+    ids = p_ids + r1_tokenizer.encode(response, add_special_tokens=False)
+    pieces = [r1_tokenizer.decode([t]) for t in ids]
+    assert pieces[5:27] == [
+        "<think>", "\n", "先", "算", "一下", "。\n\n", "好像", "不对", "，\n", "重新", "算", "：\n\n",
+        "他说", "“", "选", "C", "。”\n\n", "所以", "选", "C", "。\n\n", "</think>",
+    ]
+    # By hand: 6 "\n" follows <think> (skipped); 10, 13, 16 and 25 end steps -> read at 9, 12, 15, 24;
+    # 21 "。”\n\n" has 4 characters (no step); 31 "。\n\n" lies after </think>.
+    zh = resolve_step_spec(r1_tokenizer, SPRMConfig.for_lang(8, "zh").separators)
+    assert step_positions(ids, len(p_ids), zh) == [9, 12, 15, 24]
+    # The English separator finds no step in this trace, and neither do the single tokens "\n" and "。".
+    assert step_positions(ids, len(p_ids), resolve_step_spec(r1_tokenizer)) == []
+    plain = resolve_step_spec(r1_tokenizer, ("\n", "。"))
+    assert step_positions(ids, len(p_ids), plain) == []
