@@ -2,10 +2,14 @@
 
 Every code test runs in its own process through ``Sandbox.run``. Layers (offline-assets.md, section 3):
 
-1. ``prlimit`` (util-linux; ``preexec_fn`` if absent) sets CPU seconds, address space, file size,
-   open files, process count and core size 0 before the program starts;
-2. a new session (``start_new_session``); on the wall-clock deadline the whole process group is
-   SIGKILLed; stdout is read through a pipe and capped (a flood is killed as "output_limit");
+1. rlimits: CPU seconds, address space, file size, open files, process count and core size 0,
+   set before the program starts;
+2. a supervisor (``metastone/eval/sandbox_supervisor.py``) starts the program in a new session and
+   returns only when the whole process tree is dead: it is a child subreaper (a daemonized
+   grandchild comes back to it, never to init), puts the program in its own cgroup v2 where one can
+   be made (``cgroup.kill``), and on the program's exit or the wall-clock deadline kills the process
+   group, the cgroup and every child it has until none is left; stdout is read through a pipe and
+   capped (a flood is killed as "output_limit");
 3. when running as root, the program runs as an unprivileged uid taken from a pool
    (``SandboxConfig.uid`` downwards, ``uid_pool_size`` of them): a uid is handed out only while no
    process owns it, so concurrent programs never share a uid, an ``RLIMIT_NPROC`` budget or
@@ -21,8 +25,9 @@ Every code test runs in its own process through ``Sandbox.run``. Layers (offline
    - ``unshare`` (util-linux): new pid and net namespaces (``--kill-child``); as root, ``--setuid``
      to the sandbox uid; the host filesystem stays visible, read-only to that uid except
      world-writable places such as ``/tmp``;
-   - ``rlimits``: layers 1-4 only; no network isolation, and a program that leaves its session
-     can outlive the run (as root it is then killed by uid after the run).
+   - ``rlimits``: layers 1-4 only; no network isolation. Without root the program runs as the
+     caller's uid and could kill its supervisor, and with it the guarantee that nothing outlives
+     the run (``guarantees()["tree_killed"]`` is False then).
 
 ``Sandbox.guarantees()`` says which protections the chosen backend gives; the tests skip the
 containment checks a backend cannot give (e.g. network under ``rlimits``), never weaken them.
@@ -32,9 +37,9 @@ is not, and the probe falls back to ``/usr/bin/python3``. Programs get the stand
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import resource
 import selectors
 import shutil
 import signal
@@ -44,6 +49,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from metastone.eval.uid_pool import kill_uid_processes, uid_pool, uid_processes
@@ -56,6 +62,8 @@ _PYTHON_FLAGS = ("-I", "-S", "-B", "-X", "utf8")
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _WORKDIR_IN_BWRAP = "/sandbox"
 _DRAIN_GRACE_S = 0.2
+_SUPERVISOR = str(Path(__file__).with_name("sandbox_supervisor.py"))
+_SUPERVISOR_STOP_S = 10.0  # how long the supervisor may take to kill and reap the tree after SIGTERM
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,6 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
-        self._prlimit = shutil.which("prlimit")
 
     # ---- backend resolution ----------------------------------------------------------------
 
@@ -216,6 +223,8 @@ class Sandbox:
             "caller_files_protected": r.as_root or r.backend == "bwrap",
             "parent_env_hidden": r.as_root or isolated,
             "parent_unkillable": r.as_root or isolated,
+            # the supervisor (or a pid namespace) kills every process the program started
+            "tree_killed": r.as_root or isolated,
         }
 
     # ---- running ---------------------------------------------------------------------------
@@ -248,13 +257,14 @@ class Sandbox:
             os.chmod(workdir, 0o700)
             if r.as_root:
                 os.chown(workdir, uid, uid)
-            cmd, cwd, kwargs = self._command(r, workdir, uid, list(argv))
+            spec, cwd = self._command(r, workdir, uid, list(argv))
+            cmd = [sys.executable, "-I", "-S", "-B", _SUPERVISOR, json.dumps(spec)]
             with tempfile.TemporaryFile() as stdin_file:
                 stdin_file.write(stdin)
                 stdin_file.seek(0)
                 try:
                     proc = subprocess.Popen(cmd, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            cwd=cwd, env={}, start_new_session=True, close_fds=True, **kwargs)
+                                            cwd=cwd, env={}, start_new_session=True, close_fds=True)
                 except OSError as exc:
                     return RunResult("sandbox_error", None, b"", str(exc).encode(), 0.0, r.backend)
                 status, out, err = self._communicate(proc, start)
@@ -263,26 +273,23 @@ class Sandbox:
             return RunResult(status, proc.returncode, out, err, time.monotonic() - start, r.backend)
         finally:
             if pool:
-                if r.backend == "rlimits":  # no pid namespace killed the leftovers
+                if r.backend == "rlimits":  # belt and braces: the supervisor already killed the tree
                     kill_uid_processes(uid)
                 pool.release(uid)
             _remove_tree(workdir)
 
-    def _command(self, r: _Resolved, workdir: str, uid: int, argv: list[str]):
+    def _command(self, r: _Resolved, workdir: str, uid: int, argv: list[str]) -> tuple[dict, str | None]:
+        """The supervisor's spec (command, rlimits, uid, cgroup) and its working directory."""
         cfg = self.config
         python = [r.python, *_PYTHON_FLAGS, *argv]
-        kwargs: dict = {}
+        spec: dict = {"uid": None, "gid": None, "cgroup": r.as_root}
         limits = {
             "cpu": cfg.cpu_limit, "as": cfg.memory_mb * 2**20, "fsize": cfg.file_size_mb * 2**20,
             "nofile": cfg.open_files, "nproc": cfg.processes, "core": 0,
         }
         if not r.as_root:  # RLIMIT_NPROC counts every process of the caller's own uid too
             limits["nproc"] += len(uid_processes(os.geteuid()))
-        if self._prlimit:
-            prefix = [self._prlimit, *(f"--{k}={v}" for k, v in limits.items()), "--"]
-        else:
-            prefix = []
-            kwargs["preexec_fn"] = _rlimit_setter(limits)
+        spec["rlimits"] = limits
         if r.backend == "bwrap":
             cmd = [shutil.which("bwrap"), "--die-with-parent", "--new-session", "--clearenv"]
             if r.as_root:  # no user namespace: setpriv drops to the real unprivileged uid inside
@@ -300,14 +307,14 @@ class Sandbox:
                     "--bind", workdir, _WORKDIR_IN_BWRAP, "--chdir", _WORKDIR_IN_BWRAP, "--"]
             if r.as_root:
                 cmd += [shutil.which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-            return prefix + cmd + python, None, kwargs
+            return {**spec, "cmd": cmd + python}, None
         if r.backend == "unshare":
             cmd = [shutil.which("unshare"), "--net", "--pid", "--fork", "--kill-child"]
             cmd += [f"--setuid={uid}", f"--setgid={uid}"] if r.as_root else ["--user", "--map-root-user"]
-            return prefix + cmd + ["--"] + python, workdir, kwargs
+            return {**spec, "cmd": cmd + ["--"] + python}, workdir
         if r.as_root:
-            kwargs.update(user=uid, group=uid, extra_groups=[])
-        return prefix + python, workdir, kwargs
+            spec.update(uid=uid, gid=uid)
+        return {**spec, "cmd": python}, workdir
 
     def _communicate(self, proc: subprocess.Popen, start: float):
         """Read stdout/stderr until exit or deadline; kill the group; return (status|None, out, err)."""
@@ -324,8 +331,7 @@ class Sandbox:
             while sel.get_map():
                 now = time.monotonic()
                 if exit_seen_at is None and proc.poll() is not None:
-                    exit_seen_at = now
-                    _kill_group(proc)  # leftovers holding the pipes open die now
+                    exit_seen_at = now  # the supervisor has killed the leftovers: the pipes close now
                 if exit_seen_at is not None and now - exit_seen_at > _DRAIN_GRACE_S:
                     break
                 if now >= deadline:
@@ -355,34 +361,31 @@ class Sandbox:
                     status = "timeout"
         finally:
             sel.close()
-            _kill_group(proc)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # cannot happen after SIGKILL unless the kernel is stuck
-                logger.error("sandboxed process %d survived SIGKILL", proc.pid)
+            _stop(proc)
             proc.stdout.close()
             proc.stderr.close()
         return status, bytes(out[: cfg.max_stdout_bytes]), bytes(err)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen) -> None:
+    """Have the supervisor kill the program's whole tree; return when it has exited (it reaps first)."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _rlimit_setter(limits: dict):
-    """preexec_fn fallback when prlimit is missing (only async-signal-safe work: setrlimit calls)."""
-    table = [(resource.RLIMIT_CPU, limits["cpu"]), (resource.RLIMIT_AS, limits["as"]),
-             (resource.RLIMIT_FSIZE, limits["fsize"]), (resource.RLIMIT_NOFILE, limits["nofile"]),
-             (resource.RLIMIT_NPROC, limits["nproc"]), (resource.RLIMIT_CORE, 0)]
-
-    def set_limits():
-        for which, value in table:
-            resource.setrlimit(which, (value, value))
-
-    return set_limits
+        proc.wait(timeout=_SUPERVISOR_STOP_S)
+        return
+    except subprocess.TimeoutExpired:
+        logger.error("sandbox supervisor %d did not finish within %.0f s; killing it and its group",
+                     proc.pid, _SUPERVISOR_STOP_S)
+    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
 
 
 def _remove_tree(path: str) -> None:

@@ -264,12 +264,73 @@ def test_auto_falls_back_when_bwrap_is_missing(monkeypatch):
     assert result.status == "ok" and result.stdout == b"42\n"
 
 
-def test_prlimit_missing_uses_preexec_limits(monkeypatch):
+def test_limits_need_no_prlimit(monkeypatch):
+    real_which = sandbox_module.shutil.which
+    monkeypatch.setattr(sandbox_module.shutil, "which", lambda name: None if name == "prlimit" else real_which(name))
     sandbox = Sandbox(_config("rlimits"))
-    sandbox.resolved
-    sandbox._prlimit = None
     result = sandbox.run({"main.py": "x = bytearray(4 * 1024**3)"}, ["main.py"])
     assert result.status == "error" and b"MemoryError" in result.stderr
+
+
+# A bomb whose first process exits after 0.2 s, leaving its forks bombing on; and a program that
+# daemonizes (double fork + setsid, the daemon sleeps) and exits at once. Both end "on their own"
+# while processes they started live on: the run must still return with none of them alive.
+ESCAPERS = {
+    "fork_bomb": """
+import os, sys, time
+root, end = os.getpid(), time.monotonic() + 0.2
+while True:
+    if os.getpid() == root and time.monotonic() > end:
+        os._exit(0)
+    try:
+        os.fork()
+    except OSError:
+        pass
+""",
+    "daemon": """
+import os, sys, time
+if os.fork():
+    os._exit(0)
+os.setsid()
+if os.fork():
+    os._exit(0)
+for fd in (0, 1, 2):
+    os.close(fd)
+time.sleep(3600)
+""",
+}
+REPEATS = 20
+
+
+def _processes_with(token: str) -> list[int]:
+    """Pids whose command line holds ``token`` (seen from the host, through any pid namespace)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if token.encode() in f.read():
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("program", sorted(ESCAPERS))
+@pytest.mark.parametrize("backend", ["bwrap", "unshare", "rlimits"])
+def test_escaping_processes_are_all_dead_when_run_returns(backend, program):
+    sandbox = Sandbox(_config(backend))
+    try:
+        if not sandbox.guarantees()["tree_killed"]:
+            pytest.skip(f"backend {backend} cannot kill the whole tree when running as uid {os.geteuid()}")
+    except RuntimeError as exc:
+        pytest.skip(f"backend {backend} unavailable here: {exc}")
+    for i in range(REPEATS):
+        token = f"metastone-escape-{program}-{os.getpid()}-{i}"
+        result = sandbox.run({"main.py": ESCAPERS[program]}, ["main.py", token])
+        assert result.status in ("ok", "timeout"), result
+        left = _processes_with(token)  # no waiting: the run returns only when the tree is gone
+        assert left == [], f"run {i}: {len(left)} processes of {program} outlived the run under {backend}"
 
 
 def test_environment_is_empty_and_workdir_private():
