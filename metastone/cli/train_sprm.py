@@ -47,6 +47,7 @@ def make_parser(subparsers):
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--pos-weight", type=float, default=1.5)
+    p.add_argument("--invalid-outcome", choices=["negative", "exclude"], default="negative", help=helps["invalid_outcome"])
     p.add_argument("--no-standardize", dest="standardize", action="store_false", help="train on raw features")
     p.add_argument("--patience", type=int, default=20, help=helps["patience"])
     p.add_argument("--feature-batch", type=int, default=16, help=helps["feature_batch"])
@@ -77,7 +78,7 @@ def config_from_args(args) -> FitConfig:
         think_tokens=tuple(args.think_tokens) if args.think_tokens else None, feature_layer=args.feature_layer,
         feature_dtype=args.feature_dtype, aggregation=args.aggregation, dropout=args.dropout,
         heldout_frac=args.heldout_frac, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, pos_weight=args.pos_weight, standardize=args.standardize,
+        weight_decay=args.weight_decay, pos_weight=args.pos_weight, invalid_outcome=args.invalid_outcome, standardize=args.standardize,
         patience=args.patience, feature_batch=args.feature_batch, link_model=args.link_model, plot=args.plot,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from metastone.sprm.aggregate import check_aggregation
+from metastone.sprm.loss import INVALID_OUTCOMES
 
 # Options that change the sampled drafts or the extracted features: a resumed run must agree on them.
 DATA_FIELDS = ("model", "data", "task", "n_drafts", "questions", "seed", "max_tokens", "temperature", "top_p",
@@ -37,6 +38,8 @@ class FitConfig:
     lr: float = 3e-4
     weight_decay: float = 0.01
     pos_weight: float = 1.5
+    invalid_outcome: str = field(default="negative", metadata={
+        "help": "drafts cut at --max-tokens before answering: negative (trained as wrong, as the original) | exclude"})
     standardize: bool = field(default=True, metadata={"help": "train on standardized features, fold into the head"})
     patience: int = field(default=20, metadata={"help": "epochs without held-out AUROC gain before stopping"})
     feature_batch: int = field(default=16, metadata={"help": "drafts per feature forward pass"})
@@ -73,6 +76,9 @@ class FitConfig:
                 raise ValueError(f"train-sprm: --think-tokens takes two strings (start end), got {self.think_tokens!r}.")
             object.__setattr__(self, "think_tokens", tuple(self.think_tokens))
         check_aggregation(self.aggregation)
+        if self.invalid_outcome not in INVALID_OUTCOMES:
+            raise ValueError(f"train-sprm: --invalid-outcome must be one of {', '.join(INVALID_OUTCOMES)}, "
+                             f"got {self.invalid_outcome!r}.")
 
     def data_content(self) -> dict:
         data = asdict(self)

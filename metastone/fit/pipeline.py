@@ -12,8 +12,9 @@ Output folder (``--out``)::
     config.json, model.safetensors, tokenizer* ...   links to the model's files (``--link-model``)
 
 Every stage skips what is already on disk, so a run killed at any point is finished by the same
-command. Outcome labels: 1 correct, 0 wrong, invalid (excluded from the loss) for a draft cut at
-the token limit before any answer was given.
+command. Outcome labels: 1 correct, 0 wrong, invalid for a draft cut at the token limit before any
+answer was given; ``--invalid-outcome`` trains invalid drafts as wrong (``negative``, the default,
+as the original) or leaves them out of the loss (``exclude``). The report counts both.
 """
 
 from __future__ import annotations
@@ -154,8 +155,9 @@ def grade_drafts(cfg: FitConfig, task, out: Path) -> dict[str, dict]:
     tmp.write_text("".join(json.dumps(v) + "\n" for v in labels.values()))
     os.replace(tmp, path)
     n = len(labels)
-    logger.info("stage 2/4: graded %d drafts: %.1f%% correct, %d invalid", n,
-                100 * sum(v["correct"] for v in labels.values()) / n, sum(v["outcome"] == OUTCOME_INVALID for v in labels.values()))
+    logger.info("stage 2/4: graded %d drafts: %.1f%% correct, %d invalid (--invalid-outcome %s)", n,
+                100 * sum(v["correct"] for v in labels.values()) / n,
+                sum(v["outcome"] == OUTCOME_INVALID for v in labels.values()), cfg.invalid_outcome)
     return labels
 
 
@@ -252,7 +254,7 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     from metastone.fit.trainer import train_head
-    from metastone.sprm import SPRMConfig
+    from metastone.sprm import OUTCOME_INVALID, OUTCOME_WRONG, SPRMConfig
     from metastone.sprm.io import save_head
     from metastone.sprm.steps import resolve_step_spec
 
@@ -294,6 +296,9 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
     n_steps = [it.features.shape[0] for it in train + held]
     report = {"best_epoch": best["epoch"], "epochs_run": len(history), "heldout": {k.removeprefix("heldout_"): v for k, v in best.items() if k.startswith("heldout_")},
               "train_drafts": len(train), "heldout_drafts": len(held),
+              "train_wrong_drafts": sum(it.outcome == OUTCOME_WRONG for it in train),
+              "train_invalid_drafts": sum(it.outcome == OUTCOME_INVALID for it in train),
+              "invalid_outcome": cfg.invalid_outcome,
               "steps_per_draft": sum(n_steps) / len(n_steps), "drafts_without_steps": sum(n == 0 for n in n_steps)}
     _write_json(out / "fit_report.json", report)
     if cfg.plot:

@@ -30,7 +30,7 @@ from metastone.metrics.ranking import auroc
 from metastone.metrics.selection import best_of_n_exact
 from metastone.sprm.aggregate import aggregate
 from metastone.sprm.head import SPRMHead
-from metastone.sprm.loss import OUTCOME_CORRECT, OUTCOME_INVALID, spr_loss
+from metastone.sprm.loss import OUTCOME_CORRECT, OUTCOME_INVALID, map_invalid_outcome, spr_loss
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,9 @@ def train_head(train: Sequence[Item], held: Sequence[Item], hidden: int, cfg, st
         opt.load_state_dict(state["optimizer"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         logger.info("resuming head training at epoch %d (best so far: epoch %d)", start_epoch, best["epoch"])
-    trainable = [it for it in train if it.outcome != OUTCOME_INVALID]
+    # invalid drafts: negatives (the original) or left out (--invalid-outcome exclude)
+    invalid_outcome = getattr(cfg, "invalid_outcome", "negative")
+    trainable = list(train) if invalid_outcome == "negative" else [it for it in train if it.outcome != OUTCOME_INVALID]
     ns = sorted({2, 4, cfg.n_drafts})
     for epoch in range(start_epoch, cfg.epochs):
         if epoch - best["epoch"] > cfg.patience and best["epoch"] >= 0:
@@ -157,6 +159,7 @@ def train_head(train: Sequence[Item], held: Sequence[Item], hidden: int, cfg, st
             feats, mask, outcome = pack(batch, hidden)
             if mean is not None:
                 feats = (feats - mean) / std
+            outcome = map_invalid_outcome(outcome, invalid_outcome)
             loss, metrics = spr_loss(head(feats), outcome, mask, pos_weight=cfg.pos_weight, aggregation=cfg.aggregation)
             opt.zero_grad()
             loss.backward()

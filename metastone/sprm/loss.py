@@ -10,7 +10,10 @@ treated as noisy pseudo-labels and dropped:
 Weights as in the original training code: classes are balanced with counts of kept positive and
 negative steps summed over data-parallel ranks (positive weight = N_neg / N, negative weight =
 N_pos / N, +``count_smoothing`` on each count) and positives carry an extra ``pos_weight`` (1.5).
-Trajectories whose outcome is ``OUTCOME_INVALID`` (truncated, unparseable) are excluded entirely.
+Trajectories whose outcome is ``OUTCOME_INVALID`` are excluded entirely. Which trajectories arrive
+here as invalid is the caller's choice, made with ``map_invalid_outcome`` before the loss: the
+original trains every non-correct trajectory (truncated, no answer, unparseable) as a negative, which
+is the default (``invalid_outcome="negative"``); ``"exclude"`` keeps them out of the loss.
 
 Distributed behaviour (``dp_group`` given): exactly two collectives run on every call, never inside
 a data-dependent branch, so a rank with no step tokens cannot hang the others. The returned loss is
@@ -32,6 +35,27 @@ from metastone.sprm.aggregate import aggregate
 OUTCOME_CORRECT = 1.0
 OUTCOME_WRONG = 0.0
 OUTCOME_INVALID = -1.0
+# What the SPR loss does with trajectories the grader marks invalid (truncated, no answer, unparseable):
+# "negative" trains them as wrong (the original's behaviour), "exclude" leaves them out of the loss.
+INVALID_OUTCOMES = ("negative", "exclude")
+
+
+def check_invalid_outcome(invalid_outcome: str, key: str = "invalid_outcome") -> str:
+    if invalid_outcome not in INVALID_OUTCOMES:
+        raise ValueError(
+            f"{key}={invalid_outcome!r} is invalid: expected one of {', '.join(INVALID_OUTCOMES)} "
+            "('negative': invalid trajectories are trained as wrong, as in the original; 'exclude': left out)."
+        )
+    return invalid_outcome
+
+
+def map_invalid_outcome(outcome: torch.Tensor, invalid_outcome: str = "negative") -> torch.Tensor:
+    """Outcome labels for ``spr_loss``: ``OUTCOME_INVALID`` becomes ``OUTCOME_WRONG`` under ``"negative"``
+    and stays (excluded from the loss) under ``"exclude"``; correct and wrong labels are unchanged."""
+    check_invalid_outcome(invalid_outcome)
+    if invalid_outcome == "exclude":
+        return outcome
+    return torch.where(outcome == OUTCOME_INVALID, torch.full_like(outcome, OUTCOME_WRONG), outcome)
 
 
 def _all_reduce_stats(stats: torch.Tensor, dp_group) -> torch.Tensor:
@@ -63,7 +87,8 @@ def spr_loss(
 
     Args:
         step_logits: ``[B, T]`` SPRM logits (only positions in ``step_mask`` are used).
-        outcome: ``[B]`` outcome labels: 1 correct, 0 wrong, ``OUTCOME_INVALID`` (-1) excluded.
+        outcome: ``[B]`` outcome labels: 1 correct, 0 wrong, ``OUTCOME_INVALID`` (-1) excluded (map the
+            grader's labels with ``map_invalid_outcome`` first).
         step_mask: ``[B, T]`` scored positions (see ``metastone.sprm.steps.step_mask``).
         pos_weight: extra factor on positive (correct-trajectory) steps.
         count_smoothing: added to the global positive and negative counts before balancing.

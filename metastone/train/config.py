@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from metastone.sprm import SPRMConfig
 from metastone.sprm.aggregate import AGGREGATIONS
+from metastone.sprm.loss import INVALID_OUTCOMES
 from metastone.sprm.steps import DEFAULT_SEPARATORS, DEFAULT_THINK_TOKENS
 
 SECTION = "actor_rollout_ref.sprm"
@@ -31,7 +32,7 @@ class SPRMTrainConfig:
     Head (saved with the weights as ``sprm_config.json``): ``hidden_size``, ``feature_layer``,
     ``separators``, ``think_tokens``, ``aggregation``, ``dropout``.
     Loss (MetaStone-S1 Eq. 6 and the original training code): ``loss_coef``, ``backbone_grad_scale``,
-    ``pos_weight``, ``count_smoothing``, ``outcome_threshold``.
+    ``pos_weight``, ``count_smoothing``, ``outcome_threshold``, ``invalid_outcome``.
     Head optimiser (its own AdamW, independent of the policy's): ``lr``, ``weight_decay``, ``betas``,
     ``eps``, ``clip_grad``, ``lr_warmup_steps``, ``lr_scheduler_type``, ``min_lr_ratio``.
     """
@@ -49,6 +50,9 @@ class SPRMTrainConfig:
     pos_weight: float = field(default=1.5, metadata={"help": "extra weight of positive steps"})
     count_smoothing: float = field(default=1.0, metadata={"help": "added to global step counts before balancing"})
     outcome_threshold: float = field(default=0.5, metadata={"help": "reward > this = correct, if no explicit label"})
+    invalid_outcome: str = field(
+        default="negative", metadata={"help": "invalid trajectories in the SPR loss: negative (original) | exclude"}
+    )
     lr: float = field(default=1e-5, metadata={"help": "head learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "head AdamW weight decay"})
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "head AdamW betas"})
@@ -93,6 +97,8 @@ class SPRMTrainConfig:
         object.__setattr__(self, "betas", betas)
         if not isinstance(self.lr_warmup_steps, int) or self.lr_warmup_steps < 0:
             bad("lr_warmup_steps", "an int >= 0")
+        if self.invalid_outcome not in INVALID_OUTCOMES:
+            bad("invalid_outcome", f"one of {', '.join(INVALID_OUTCOMES)}")
         if self.lr_scheduler_type not in SCHEDULERS:
             bad("lr_scheduler_type", f"one of {', '.join(SCHEDULERS)}")
 

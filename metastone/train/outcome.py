@@ -6,12 +6,18 @@ Path of a label (verl 0.9.1, V1 trainer):
    dict per trajectory in TransferQueue as ``extra_fields["reward_extra_info"]`` and the score as
    ``rm_scores`` (at the last response token).
 2. ``SPRMPPOTrainer._compute_advantage`` turns them into ``sprm_outcome`` (``[B]`` float: 1 / 0 /
-   ``OUTCOME_INVALID``) with ``labels_from_rollouts`` and writes it to TransferQueue, from where
+   ``OUTCOME_INVALID``) with ``spr_labels`` and writes it to TransferQueue, from where
    ``update_actor`` receives it with every other field.
 3. The engine reads it per micro-batch with ``outcome_from_batch``.
 
+``spr_labels`` applies ``actor_rollout_ref.sprm.invalid_outcome`` here, before the loss: with
+``negative`` (the default, as the original: every non-correct trajectory is a negative) a trajectory
+the reward marks invalid is written as wrong (0); with ``exclude`` it is written as
+``OUTCOME_INVALID`` and the SPR loss skips it. Its metrics report the graded correct / wrong /
+invalid fractions and the negative / excluded fractions in either mode.
+
 If a trajectory has no ``sprm_label`` (a reward function other than ours), the label falls back to
-``score > outcome_threshold`` with no invalid class; synthetic padding samples are always invalid.
+``score > outcome_threshold`` with no invalid class; synthetic padding samples are always excluded.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from metastone.sprm.loss import OUTCOME_CORRECT, OUTCOME_INVALID, OUTCOME_WRONG
+from metastone.sprm.loss import OUTCOME_CORRECT, OUTCOME_INVALID, OUTCOME_WRONG, map_invalid_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +83,42 @@ def labels_from_rollouts(
         pad = torch.as_tensor(list(is_padding), dtype=torch.bool)
         labels[pad] = OUTCOME_INVALID
     return labels
+
+
+def spr_labels(
+    extra_fields: Sequence[Any],
+    reward_sums: torch.Tensor,
+    *,
+    threshold: float = 0.5,
+    is_padding: Sequence[bool] | None = None,
+    invalid_outcome: str = "negative",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``[B]`` labels for the SPR loss (``invalid_outcome`` applied, padding excluded) and label metrics.
+
+    Metrics, as fractions of the real (non-padding) trajectories, whichever the mode:
+    ``sprm/label_correct_frac``, ``sprm/label_wrong_frac``, ``sprm/label_invalid_frac`` (as graded), and
+    ``sprm/label_negative_frac`` / ``sprm/label_excluded_frac`` (what the SPR loss does with them).
+    """
+    graded = labels_from_rollouts(extra_fields, reward_sums, threshold=threshold)
+    labels = map_invalid_outcome(graded, invalid_outcome).clone()
+    pad = torch.zeros_like(labels, dtype=torch.bool)
+    if is_padding is not None:
+        pad = torch.as_tensor(list(is_padding), dtype=torch.bool)
+        labels[pad] = OUTCOME_INVALID
+    real = ~pad
+    count = max(int(real.sum()), 1)
+
+    def frac(where: torch.Tensor) -> float:
+        return float((where & real).sum()) / count
+
+    metrics = {
+        "sprm/label_correct_frac": frac(graded == OUTCOME_CORRECT),
+        "sprm/label_wrong_frac": frac(graded == OUTCOME_WRONG),
+        "sprm/label_invalid_frac": frac(graded == OUTCOME_INVALID),
+        "sprm/label_negative_frac": frac(labels == OUTCOME_WRONG),
+        "sprm/label_excluded_frac": frac(labels == OUTCOME_INVALID),
+    }
+    return labels, metrics
 
 
 _warned_fallback = False

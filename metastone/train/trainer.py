@@ -5,8 +5,8 @@ Two hooks on verl's synchronous V1 trainer, nothing re-implemented:
 - ``_init_resource_pool_mgr``: verl hard-codes ``ray.remote(ActorRolloutRefWorker)``; we swap in
   ``SPRMActorRolloutRefWorker`` for the actor role (the ref worker is unchanged).
 - ``_compute_advantage``: before verl's GRPO advantages, read each trajectory's
-  ``reward_extra_info["sprm_label"]`` and write ``sprm_outcome`` to TransferQueue, which the actor
-  update then receives (``metastone.train.outcome``).
+  ``reward_extra_info["sprm_label"]``, apply ``actor_rollout_ref.sprm.invalid_outcome`` and write
+  ``sprm_outcome`` to TransferQueue, which the actor update then receives (``metastone.train.outcome``).
 
 Why not ``@register_trainer("sprm_sync")``: verl branches on ``trainer_mode == "sync"`` in several
 places (replay buffer class, TransferQueue checkpointing, exact refill), so a new mode name would
@@ -27,9 +27,8 @@ from tensordict import TensorDict
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1 import PPOTrainerSync
 
-from metastone.sprm.loss import OUTCOME_CORRECT, OUTCOME_INVALID
 from metastone.train.config import SPRMTrainConfig
-from metastone.train.outcome import OUTCOME_KEY, labels_from_rollouts, per_sample_sum
+from metastone.train.outcome import OUTCOME_KEY, per_sample_sum, spr_labels
 from metastone.train.worker import SPRMActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -57,19 +56,19 @@ class SPRMPPOTrainer(PPOTrainerSync):
         data = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields", "rm_scores"]
         )
-        labels = labels_from_rollouts(
+        labels, label_metrics = spr_labels(
             list(data["extra_fields"]),
             per_sample_sum(data["rm_scores"]),
             threshold=sprm.outcome_threshold,
             is_padding=[bool(tag.get("is_padding", False)) for tag in batch.tags],
+            invalid_outcome=sprm.invalid_outcome,
         )
         tq.kv_batch_put(
             keys=batch.keys,
             partition_id=batch.partition_id,
             fields=TensorDict({OUTCOME_KEY: labels.to(torch.float32)}, batch_size=len(batch.keys)),
         )
-        metrics["sprm/label_correct_frac"] = float((labels == OUTCOME_CORRECT).float().mean())
-        metrics["sprm/label_invalid_frac"] = float((labels == OUTCOME_INVALID).float().mean())
+        metrics.update(label_metrics)
 
 
 @ray.remote(num_cpus=1)

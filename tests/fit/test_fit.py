@@ -160,3 +160,36 @@ def test_config_errors_name_the_option(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="--data with training questions"):
         fit(FitConfig(model=str(tmp_path), task="aime24", out=str(tmp_path / "o")), progress=False)
+
+
+def test_invalid_outcome_negative_trains_invalid_drafts_as_wrong(tmp_path):
+    from dataclasses import replace
+
+    from metastone.fit.trainer import Item, train_head
+    from metastone.sprm.loss import OUTCOME_INVALID
+
+    gen = torch.Generator().manual_seed(0)
+
+    def item(i, outcome, correct):
+        return Item(f"k{i}", f"q{i // 4}", torch.randn(3, 8, generator=gen), outcome, correct)
+
+    items = [item(i, [1.0, 0.0, OUTCOME_INVALID, 0.0][i % 4], i % 4 == 0) for i in range(16)]
+    # raw features: the standardization statistics are taken over every train draft, invalid ones included
+    base = FitConfig(model="m", task="demo", out=str(tmp_path), n_drafts=4, epochs=2, patience=5, batch_size=6,
+                     standardize=False)
+
+    def first_losses(train, cfg, name):
+        _, history, _ = train_head(train, items[:4], 8, cfg, tmp_path / f"{name}.pt")
+        return [h["train_loss"] for h in history]
+
+    assert base.invalid_outcome == "negative"
+    as_wrong = [Item(it.key, it.question_id, it.features, 0.0 if it.outcome == OUTCOME_INVALID else it.outcome,
+                     it.correct) for it in items]
+    valid_only = [it for it in items if it.outcome != OUTCOME_INVALID]
+    negative = first_losses(items, base, "negative")
+    assert negative == first_losses(as_wrong, base, "as_wrong")
+    exclude = first_losses(items, replace(base, invalid_outcome="exclude"), "exclude")
+    assert exclude == first_losses(valid_only, base, "valid_only")
+    assert negative != exclude
+    with pytest.raises(ValueError, match="--invalid-outcome"):
+        replace(base, invalid_outcome="drop")

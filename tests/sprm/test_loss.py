@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from metastone.sprm import OUTCOME_INVALID, spr_loss
+from metastone.sprm import OUTCOME_INVALID, map_invalid_outcome, spr_loss
 
 
 def softplus(x):
@@ -69,6 +69,33 @@ def test_gradient_only_at_kept_steps():
     assert (logits.grad[kept] != 0).all()
     # pushing towards the label: negative gradient for y=1 (raise the logit), positive for y=0
     assert (logits.grad[0, kept[0]] < 0).all() and (logits.grad[1, kept[1]] > 0).all()
+
+
+def test_invalid_outcome_both_ways_by_hand():
+    # correct, wrong, and an invalid trajectory (e.g. truncated) with steps 5.0, -2.0, -0.5
+    logits, outcome, mask = make(
+        logits=LOGITS + [[5.0, -2.0, -0.5, 0.0]], mask=MASK + [[1, 1, 1, 0]], outcome=OUTCOME + [OUTCOME_INVALID]
+    )
+    bce_pos = softplus(-2.0) + softplus(-0.5)
+    # exclude: the invalid trajectory adds nothing. kept: 2 pos, 2 neg; counts 3 / 3.
+    w_pos, w_neg = 1.5 * 3 / 6, 3 / 6
+    exclude = (w_pos * bce_pos + w_neg * (softplus(-1.5) + softplus(-0.2))) / (w_pos * 2 + w_neg * 2)
+    assert exclude == pytest.approx(0.340211928, rel=1e-8)
+    loss, m = spr_loss(logits, map_invalid_outcome(outcome, "exclude"), mask)
+    assert loss.item() == pytest.approx(exclude, rel=1e-6)
+    assert (m["sprm/num_correct"], m["sprm/num_wrong"], m["sprm/num_neg"]) == (1, 1, 2)
+    # negative (the original): it is a wrong trajectory; 5.0 disagrees, -2.0 and -0.5 are kept negatives.
+    # kept: 2 pos, 4 neg; counts 3 / 5: w_pos = 1.5 * 5/8, w_neg = 3/8.
+    w_pos, w_neg = 1.5 * 5 / 8, 3 / 8
+    bce_neg = softplus(-1.5) + softplus(-0.2) + softplus(-2.0) + softplus(-0.5)
+    negative = (w_pos * bce_pos + w_neg * bce_neg) / (w_pos * 2 + w_neg * 4)
+    assert negative == pytest.approx(0.322563292, rel=1e-8)
+    assert map_invalid_outcome(outcome).tolist() == [1.0, 0.0, 0.0]  # the default is "negative"
+    loss, m = spr_loss(logits, map_invalid_outcome(outcome, "negative"), mask)
+    assert loss.item() == pytest.approx(negative, rel=1e-6)
+    assert (m["sprm/num_correct"], m["sprm/num_wrong"], m["sprm/num_neg"]) == (1, 2, 4)
+    with pytest.raises(ValueError, match="negative, exclude"):
+        map_invalid_outcome(outcome, "drop")
 
 
 def test_invalid_trajectories_are_excluded():

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.train
     [
         ("backbone_grad_scale", 2.0), ("feature_layer", -1), ("separators", []), ("think_tokens", ["<think>"]),
         ("aggregation", "median"), ("dropout", 1.0), ("lr", 0.0), ("betas", [0.9]), ("lr_scheduler_type", "step"),
-        ("hidden_size", 0), ("lr_warmup_steps", -1),
+        ("hidden_size", 0), ("lr_warmup_steps", -1), ("invalid_outcome", "drop"),
     ],
 )
 def test_invalid_values_name_the_key(field, value):

@@ -32,6 +32,25 @@ def test_bad_label_is_an_error_naming_the_allowed_values():
         labels_from_rollouts([{"reward_extra_info": {"sprm_label": 0.1}}], torch.tensor([0.1]))
 
 
+@pytest.mark.parametrize(
+    "mode, labels, negative, excluded",
+    [("negative", [1.0, 0.0, 0.0, 0.0, -1.0], 3 / 4, 0.0), ("exclude", [1.0, -1.0, -1.0, 0.0, -1.0], 1 / 4, 2 / 4)],
+)
+def test_invalid_outcome_option_and_both_counts(mode, labels, negative, excluded):
+    from metastone.train.outcome import spr_labels
+
+    graded = [1.0, -1.0, -1.0, 0.0, 1.0]  # the last one is a padding sample
+    extra = [{"reward_extra_info": {"sprm_label": v}} for v in graded]
+    got, metrics = spr_labels(extra, torch.zeros(5), is_padding=[False] * 4 + [True], invalid_outcome=mode)
+    assert got.tolist() == labels
+    # graded counts are logged in both modes, over the 4 real trajectories
+    assert metrics["sprm/label_correct_frac"] == 1 / 4
+    assert metrics["sprm/label_wrong_frac"] == 1 / 4
+    assert metrics["sprm/label_invalid_frac"] == 2 / 4
+    assert metrics["sprm/label_negative_frac"] == negative
+    assert metrics["sprm/label_excluded_frac"] == excluded
+
+
 def test_outcome_from_batch_prefers_explicit_labels():
     from tensordict import TensorDict
 

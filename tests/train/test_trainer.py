@@ -70,5 +70,7 @@ def test_labels_are_written_to_transfer_queue(config, monkeypatch):
     metrics = {}
     trainer._write_outcome_labels(Batch(), metrics)
     assert written["keys"] == Batch.keys
-    assert written["fields"]["sprm_outcome"].tolist() == [1.0, -1.0, -1.0]
-    assert metrics["sprm/label_invalid_frac"] == pytest.approx(2 / 3)
+    # invalid_outcome=negative (the default): the invalid trajectory is a negative, padding is excluded
+    assert written["fields"]["sprm_outcome"].tolist() == [1.0, 0.0, -1.0]
+    assert metrics["sprm/label_invalid_frac"] == pytest.approx(1 / 2)
+    assert metrics["sprm/label_negative_frac"] == pytest.approx(1 / 2)
