@@ -32,19 +32,27 @@ def test_paper_presets_validate_offline(preset, d, head, data_files, capsys):
     assert "backbone parameters: " in out and "nothing started" in out
 
 
-def test_paper_settings_are_in_the_presets(data_files):
+def test_original_script_settings_are_in_the_presets(data_files):
+    # MetaStone-S1 scripts/run_single_node.sh (1.5B) and run_multi_node.sh (32B), and the original's
+    # verl config defaults they leave in place (entropy_coeff 0.001, 32B temperature 1.0)
     from metastone.train.__main__ import compose_config
 
     c15 = compose_config(["preset=s1_1p5b", *data_files])
     c32 = compose_config(["preset=s1_32b", *data_files])
     for c in (c15, c32):
-        assert c.actor_rollout_ref.rollout.n == 8 and c.actor_rollout_ref.rollout.temperature == 0.6
-        assert c.actor_rollout_ref.actor.kl_loss_type == "low_var_kl" and c.actor_rollout_ref.actor.kl_loss_coef == 0.001
+        actor = c.actor_rollout_ref.actor
+        assert c.actor_rollout_ref.rollout.n == 8 and actor.entropy_coeff == 0.001
+        assert actor.kl_loss_type == "low_var_kl" and actor.kl_loss_coef == 0.001 and actor.use_kl_loss
         assert c.algorithm.adv_estimator == "grpo" and c.actor_rollout_ref.sprm.backbone_grad_scale == 1e-4
+        assert c.actor_rollout_ref.sprm.invalid_outcome == "negative"
     assert (c15.actor_rollout_ref.actor.optim.lr, c15.actor_rollout_ref.sprm.lr, c15.data.max_response_length) == (
         1e-6, 1e-5, 8192)
+    assert (c15.data.train_batch_size, c15.actor_rollout_ref.actor.ppo_mini_batch_size) == (32, 8)
+    assert (c15.data.max_prompt_length, c15.actor_rollout_ref.rollout.temperature) == (1024, 0.6)
     assert (c32.actor_rollout_ref.actor.optim.lr, c32.actor_rollout_ref.sprm.lr, c32.data.max_response_length) == (
         1e-7, 3e-6, 32768)
+    assert (c32.data.train_batch_size, c32.actor_rollout_ref.actor.ppo_mini_batch_size) == (128, 128)
+    assert (c32.data.max_prompt_length, c32.actor_rollout_ref.rollout.temperature) == (2048, 1.0)
 
 
 def test_tiny_preset_checks_the_real_model_and_tokenizer(tiny_model_dir, data_files, capsys):
