@@ -129,9 +129,9 @@ def check_or_save_config(cfg: RunConfig) -> None:
 
 
 def my_questions(examples: list, total_parts: int, part: int) -> list:
-    """Contiguous block ``part`` of ``total_parts`` (the original's sharding)."""
-    size = -(-len(examples) // total_parts)
-    return examples[part * size : (part + 1) * size]
+    """Shard ``part`` of ``total_parts``, interleaved as the original ``test/inference.py`` splits its data
+    (``data[part::total_parts]``): part 1 of 3 holds questions 1, 4, 7, ..."""
+    return examples[part::total_parts]
 
 
 def build_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[int]]:

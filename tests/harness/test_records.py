@@ -41,7 +41,10 @@ def test_corrupt_middle_line_and_duplicates(tmp_path):
 def test_seeds_sharding_paths(tmp_path):
     assert draft_seed(0, "q1", 3) == draft_seed(0, "q1", 3) != draft_seed(0, "q1", 4)
     assert 0 <= draft_seed(5, "x", 0) < 2**31
-    assert my_questions(list(range(10)), 3, 0) == [0, 1, 2, 3] and my_questions(list(range(10)), 3, 2) == [8, 9]
+    # interleaved, as the original (data[part::total_parts])
+    assert my_questions(list(range(10)), 3, 1) == [1, 4, 7]
+    assert my_questions(list(range(10)), 3, 0) == [0, 3, 6, 9] and my_questions(list(range(10)), 3, 2) == [2, 5, 8]
+    assert sorted(q for p in range(3) for q in my_questions(list(range(10)), 3, p)) == list(range(10))
     assert record_key("aime24", "7", 2) == "aime24/7/2"
     (tmp_path / "a.jsonl").write_text("")
     assert expand_paths([str(tmp_path / "*.jsonl")]) == [tmp_path / "a.jsonl"]

@@ -86,6 +86,14 @@ def test_every_key_once_and_failures_retried_alone(tmp_path):
     assert again.drafts_done == 0
 
 
+def test_part_1_of_3_runs_questions_1_4_7(tmp_path):
+    with RecordStore(tmp_path / "o.jsonl") as store:
+        asyncio.run(run(cfg(tmp_path, total_parts=3, part=1), FakeTask(10), FakeTokenizer(), FlakyGenerator(),
+                        FakeScorer(), store))
+    lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert sorted({r["question_id"] for r in lines}, key=lambda q: int(q[1:])) == ["q1", "q4", "q7"]
+
+
 def test_permanent_failures_are_reported_not_recorded(tmp_path):
     class Broken:
         async def generate(self, requests, sampling):
