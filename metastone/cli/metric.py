@@ -32,6 +32,9 @@ def make_parser(subparsers):
     p.add_argument("--vote_samples", "--vote-samples", dest="vote_samples", type=int, default=256,
                    help="random n-subsets per question for the vote estimates")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the vote subsets")
+    p.add_argument("--grading", choices=["ours", "original"], default="ours",
+                   help="ours (default): the answer after </think>, its last match; original: the original release's "
+                        "rules (AIME: last \\boxed{} in prompt + response; C-EVAL: first 'answer: X' anywhere)")
     p.set_defaults(func=main)
     return p
 
@@ -42,7 +45,8 @@ def main(args) -> int:
 
     with load_task(args.task, args.input_file) as task:
         report, questions = evaluate(task, args.result_paths, args.N, bootstrap=args.bootstrap, seed=args.seed,
-                                     vote_samples=args.vote_samples, curve=args.plot is not None)
+                                     vote_samples=args.vote_samples, curve=args.plot is not None,
+                                     grading=args.grading)
     print(format_report(report))
     if args.json_out:
         out = Path(args.json_out)

@@ -1,7 +1,7 @@
 """C-Eval grading: the LAST ``ANSWER: X`` / ``答案：X`` after ``</think>``, and per-category accuracy.
 
 The original took the FIRST match of ``(?i)(?:答案|answer)\\s*[:：]\\s*([A-Da-d])`` in the whole output,
-which can land inside the thinking (method-and-peers.md, section 4, bug 4). Here only the answer
+which can land inside the thinking (``original_grading`` keeps that rule as an option). Here only the answer
 region counts (``extract.answer_region``) and the last match wins. Accepted forms, ASCII or
 full-width colon, any case of ``answer``: ``ANSWER: B``, ``答案：B``, ``Answer: (B)``, ``**ANSWER: B**``,
 ``答案: B.``. The letter must not be followed by another letter (``answer: because`` is no answer).

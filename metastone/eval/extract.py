@@ -2,7 +2,8 @@
 
 Every grader reads only the text after the thinking. The original MetaStone-S1 grading ran on
 ``question + output`` and on the whole output, so a ``\\boxed{}`` in the prompt or an ``ANSWER:``
-inside the thinking could be graded (method-and-peers.md, section 4, bugs 3 and 4). The rule here:
+inside the thinking could be graded (``metastone.eval.original_grading`` reproduces those rules as
+``--grading original``; docs/differences.md). The rule here:
 
 - the response contains ``</think>``: the answer region is the text after the LAST ``</think>``;
 - it contains ``<think>`` but no ``</think>``: the thinking never ended (truncated), no answer;

@@ -1,6 +1,7 @@
 """Math answer grading on math-verify: the answer after ``</think>``, the last ``\\boxed{}``, verified by sympy.
 
-What is graded (MetaStone-S1's AIME scoring, without the original's bugs; method-and-peers.md, section 4):
+What is graded (MetaStone-S1's AIME scoring without grading the prompt or the thinking; the original's
+rule is ``original_grading``, docs/differences.md):
 
 - only the answer region (``extract.answer_region``: text after the last ``</think>``; a thinking
   that never ended has no answer);
@@ -252,7 +253,12 @@ class MathGrader:
     def grade_batch(self, responses: Sequence[str], golds: Sequence[Any]) -> list[MathGrade]:
         if len(responses) != len(golds):
             raise ValueError(f"grade_batch: {len(responses)} responses but {len(golds)} golds; pass one gold per response.")
-        extracted = [extract_answer(r, self.require_boxed) for r in responses]
+        return self.grade_answers([extract_answer(r, self.require_boxed) for r in responses], golds)
+
+    def grade_answers(self, extracted: Sequence[tuple[str | None, str]], golds: Sequence[Any]) -> list[MathGrade]:
+        """Verify already extracted ``(answer, reason)`` pairs against ``golds`` (another extraction rule)."""
+        if len(extracted) != len(golds):
+            raise ValueError(f"grade_answers: {len(extracted)} answers but {len(golds)} golds; pass one gold per answer.")
         items = [(answer, gold) for (answer, _), gold in zip(extracted, golds)]
         outcomes = self._pool.map(_verify_item, items)
         grades = []

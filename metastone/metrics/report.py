@@ -7,12 +7,14 @@ per-question values at each N (``selection.py``) and average them over questions
 interval over questions (``intervals.py``). MetaStone-S1 (arXiv 2507.01951) reports low / medium /
 high = Best-of-2/8/32 by SPRM trajectory score; this reports all three from one sampling run.
 
-Why not the original ``test/compute_metric.py`` (method-and-peers.md, section 4, bug 2): it took
-one arbitrary contiguous group per question (with 32 drafts, "high" was one noisy draw), ties to
-the first maximum in glob order, no baselines and no intervals, and graded ``question + output``
-(a ``\\boxed{}`` in the AIME prompt counted). Here: the exact expectation over all n-subsets AND
-the disjoint-group average, a documented tie rule (lower draft index), maj@N, SPRM-weighted
-vote@N, pass@1, unbiased pass@N (oracle), and the prompt is never graded.
+Why not the original ``test/compute_metric.py`` (MetaStone-S1): it took one arbitrary contiguous
+group per question (with 32 drafts, "high" was one noisy draw), ties to the first maximum in glob
+order, no baselines and no intervals, and graded ``question + output`` (a ``\\boxed{}`` in the AIME
+prompt counted). Here: the exact expectation over all n-subsets AND the disjoint-group average, a
+documented tie rule (lower draft index), maj@N, SPRM-weighted vote@N, pass@1, unbiased pass@N
+(oracle), and the prompt is never graded. ``grading="original"`` (``--grading original``) grades with
+the original's extraction rules instead (``metastone.eval.original_grading``), to compare with
+published numbers from the same drafts; the metrics stay ours.
 
 Inputs, detected per line (one run must not mix the two):
 
@@ -287,12 +289,19 @@ def load_questions(paths: Sequence[str | Path], task: Task) -> tuple[list[Questi
     return ordered, stats
 
 
-def grade_questions(task: Task, questions: Sequence[Question]) -> None:
-    """Grade every draft once (one ``grade_batch``), and take the answer keys for voting."""
+def grade_questions(task: Task, questions: Sequence[Question], grading: str = "ours") -> None:
+    """Grade every draft once (one ``grade_batch``), and take the answer keys for voting.
+
+    ``grading="original"``: the original release's extraction rules (``original_grading``)."""
     responses = [d.response for q in questions for d in q.drafts]
     examples = [q.example for q in questions for _ in q.drafts]
-    grades = task.grade_batch(responses, examples)
-    keys = task.answer_keys(responses)
+    if grading == "original":
+        from metastone.eval.original_grading import grade_original
+
+        grades, keys = grade_original(task, responses, examples)
+    else:
+        grades = task.grade_batch(responses, examples)
+        keys = task.answer_keys(responses)
     i = 0
     for q in questions:
         q.grades = list(grades[i:i + q.k])
@@ -353,14 +362,22 @@ def curve_ns(ns: Sequence[int], max_k: int) -> list[int]:
 
 
 def evaluate(task: Task, result_paths: Sequence[str], ns: str | Sequence[int] | None = None, *, bootstrap: int = 2000,
-             seed: int = 0, vote_samples: int = 256, curve: bool = False) -> tuple[dict, list[Question]]:
+             seed: int = 0, vote_samples: int = 256, curve: bool = False,
+             grading: str = "ours") -> tuple[dict, list[Question]]:
     """The whole pass on a loaded task; returns (report dict, graded questions). See the module docstring."""
     if bootstrap < 0 or vote_samples < 1:
         raise ValueError(f"--bootstrap must be >= 0 (0: no intervals) and --vote_samples >= 1; got {bootstrap}, {vote_samples}.")
+    from metastone.eval.original_grading import GRADINGS, supports_original
+
+    if grading not in GRADINGS:
+        raise ValueError(f"--grading must be one of {', '.join(GRADINGS)}, got {grading!r}.")
+    if grading == "original" and not supports_original(task):
+        raise ValueError(f"--grading original is defined for aime24, aime25 (math data) and ceval, not {task.name}; "
+                         "use --grading ours.")
     questions, stats = load_questions(result_paths, task)
     max_k = max(q.k for q in questions)
     ns = parse_ns(ns, max_k)
-    grade_questions(task, questions)
+    grade_questions(task, questions, grading)
     rows = metrics_at(questions, ns, bootstrap=bootstrap, seed=seed, vote_samples=vote_samples)
     by_k: dict[int, int] = {}
     for q in questions:
@@ -369,7 +386,7 @@ def evaluate(task: Task, result_paths: Sequence[str], ns: str | Sequence[int] | 
     summary = task.summarize([q.example for q in matched for _ in q.drafts],
                              [g for q in matched for g in q.grades]) if matched else None
     report = {
-        "task": task.name, "data": task.source, **stats,
+        "task": task.name, "data": task.source, "grading": grading, **stats,
         "questions": len(questions), "drafts": sum(q.k for q in questions),
         "drafts_per_question": {str(k): by_k[k] for k in sorted(by_k)},
         "N": ns, "bootstrap": bootstrap, "seed": seed, "vote_samples": vote_samples,
@@ -397,6 +414,7 @@ def format_report(report: dict) -> str:
     by_k = ", ".join(f"{n} with K={k}" for k, n in report["drafts_per_question"].items())
     lines = [f"{report['task']}: {report['questions']} questions, {report['drafts']} drafts ({by_k}); "
              f"{len(report['files'])} file(s), {report['format']} format"
+             + (", graded with the original's rules" if report.get("grading") == "original" else "")
              + (f", {report['duplicates']} duplicate(s) ignored" if report["duplicates"] else "")
              + (f", {report['not_in_task_data']} question(s) graded against the file's answer" if report["not_in_task_data"] else "")]
     heads = [f"N={r['N']}" + (f" ({r['mode']})" if r["mode"] else "") for r in report["rows"]]

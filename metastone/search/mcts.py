@@ -1,8 +1,8 @@
 """Monte Carlo tree search over reasoning steps, with SPRM path values instead of rollouts.
 
 MetaStone-S1 (arXiv 2507.01951) reports MCTS with the SPRM as value model (1.5B, AIME24: 39.3 ->
-52.8; Best-of-32: 57.9). Its exact design is not published (method-and-peers.md marks ours as the
-likely reading); here:
+52.8; Best-of-32: 57.9). Its exact design is not published and the released code has no MCTS; this
+is our reading of the paper (docs/search.md, docs/differences.md):
 
 - a node is a partial trace cut at an SPRM step separator; the root is the prompt;
 - **selection**: from the root, the child maximising UCT ``Q + c_uct * sqrt(ln N(parent) / N(child))``

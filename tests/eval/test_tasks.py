@@ -9,7 +9,7 @@ import pytest
 from metastone.eval import TASKS, Example, get_task, load_task
 from metastone.eval.tasks import AIME24, CEval, DATA_DIR
 
-SHA256 = {  # byte-identical copies of ../shared/data (see data/README.md)
+SHA256 = {  # byte-identical copies of the original release's data files (see data/README.md)
     "aime24.jsonl": "5a7a817807c8c2b6b541631deaa6d8c2eb7f0420e0f2373a25878921e920b6da",
     "aime25.jsonl": "9da60057135388687f3c594476b211538d0be8e7f3b2de6e680513281412c0ec",
     "ceval.json": "61f706348348f344e533a8d50b6b4c576ea9ee527d3ff41d7390d065030bcc1d",

@@ -296,3 +296,59 @@ def test_compute_metric_script_with_original_flags(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "test" / "compute_metric.py"), "--task", "demo",
                           "--result_paths", str(tmp_path / "demo_*.jsonl"), "--N", "8"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--N 8 is more than the most drafts" in bad.stderr
+
+
+def disagreeing_aime_records():
+    """Drafts of aime24-00 (gold 204) where our grading and the original's disagree."""
+    q = "aime24-00"
+    return [
+        record(q, 0, "<think>So \\boxed{204}.</think> The answer is 204.", 0.9, task="aime24"),  # box only in thinking
+        record(q, 1, "<think>Maybe \\boxed{204}. Let me keep", 0.8, task="aime24"),  # truncated thinking
+        record(q, 2, "<think>Try \\boxed{204}? No.</think> \\boxed{205}", 0.7, task="aime24"),  # both: 205, wrong
+        record(q, 3, "<think>x</think> \\boxed{204}", 0.1, task="aime24"),  # both right
+        record(q, 4, "No box at all: 204.", 0.2, task="aime24"),  # original: the prompt's empty \boxed{}
+    ]
+
+
+def test_original_grading_disagrees_where_documented(tmp_path):
+    path = write_jsonl(tmp_path / "aime24.jsonl", disagreeing_aime_records())
+    with load_task("aime24") as task:
+        ours, (q_ours,) = evaluate(task, [str(path)], "1,2", bootstrap=0)
+        orig, (q_orig,) = evaluate(task, [str(path)], "1,2", bootstrap=0, grading="original")
+    assert q_ours.correct == [False, False, False, True, False]
+    assert q_orig.correct == [True, True, False, True, False]
+    assert q_orig.extracted == ["204", "204", "205", "204", ""]
+    assert ours["grading"] == "ours" and orig["grading"] == "original"
+    assert means(ours, 1)[0]["pass@1"] == pytest.approx(1 / 5) and means(orig, 1)[0]["pass@1"] == pytest.approx(3 / 5)
+    # SPRM Best-of-2, exact expectation over the 10 pairs: the right draft 3 has the lowest score
+    assert means(ours, 2)[0]["sprm_bon"] == 0.0
+    assert means(orig, 2)[0]["sprm_bon"] == pytest.approx(7 / 10)  # the 7 pairs holding draft 0 or 1
+    assert "graded with the original's rules" in format_report(orig)
+
+    rows = json.loads((ROOT / "data" / "ceval.json").read_text(encoding="utf-8"))
+    row = rows[0]
+    assert row["answer"] == "C"
+    qid = f"ceval-{row['sub']}-{row['id']}"
+    recs = [record(qid, 0, "<think>答案：A 不对，再想想。</think>ANSWER: C", 0.4, task="ceval"),
+            record(qid, 1, "<think>I think answer: C.</think>ANSWER: B", 0.6, task="ceval")]
+    path = write_jsonl(tmp_path / "ceval.jsonl", recs)
+    with load_task("ceval") as task:
+        _, (q_ours,) = evaluate(task, [str(path)], "2", bootstrap=0)
+        _, (q_orig,) = evaluate(task, [str(path)], "2", bootstrap=0, grading="original")
+    assert (q_ours.extracted, q_ours.correct) == (["C", "B"], [True, False])  # last match after </think>
+    assert (q_orig.extracted, q_orig.correct) == (["A", "C"], [False, True])  # first match anywhere
+
+    with load_task("demo") as task, pytest.raises(ValueError, match="--grading original is defined for"):
+        evaluate(task, [str(tmp_path / "aime24.jsonl")], grading="original")
+
+
+def test_compute_metric_grading_original_flag(tmp_path):
+    path = write_jsonl(tmp_path / "aime24_0.jsonl", disagreeing_aime_records())
+    for grading, pass1 in (("ours", 0.2), ("original", 0.6)):
+        out = tmp_path / f"{grading}.json"
+        done = subprocess.run([sys.executable, str(ROOT / "test" / "compute_metric.py"), "--task", "aime24",
+                               "--result_paths", str(path), "--N", "1", "--bootstrap", "0", "--grading", grading,
+                               "--json", str(out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(out.read_text())
+        assert report["grading"] == grading and report["rows"][0]["metrics"]["pass@1"]["mean"] == pytest.approx(pass1)
