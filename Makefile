@@ -55,7 +55,7 @@ test: test-serve test-train
 
 # The core suite (no marker) runs in both environments: it must work with either transformers.
 test-serve: setup-serve
-	VLLM_CPU_KVCACHE_SPACE=1 VLLM_CACHE_ROOT=$(CURDIR)/.cache/vllm $(VENV)/bin/python -m pytest -q -m "not train and not gpu" $(PYTEST_ARGS)
+	VLLM_CACHE_ROOT=$(CURDIR)/.cache/vllm $(VENV)/bin/python -m pytest -q -m "not train and not gpu" $(PYTEST_ARGS)
 
 test-train: setup-train
 	$(VENV_TRAIN)/bin/python -m pytest -q -m "not serve and not gpu" $(PYTEST_ARGS)

@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-
 
 class TimedScorer:
     """Wraps a LocalScorer and adds up the time spent scoring."""

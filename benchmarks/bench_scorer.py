@@ -25,8 +25,6 @@ from pathlib import Path
 
 import torch
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-
 
 class PeakRSS:
     """Peak resident memory of this process and its children while the block runs (sampled every 50 ms)."""
@@ -138,6 +136,7 @@ def main() -> None:
     if not args.skip_vllm:
         from vllm import LLM, SamplingParams
 
+        from metastone.serve.vllm_cpu import cpu_memory_kwargs
         from metastone.serve.vllm_scorer import VLLMScorer
 
         with PeakRSS() as mem:
@@ -148,8 +147,11 @@ def main() -> None:
             secs = time.perf_counter() - start
         scores["c"] = [r.step_scores for r in res]
         rows["c VLLMScorer (vLLM pooling plugin)"] = (secs, mem.peak)
+        v.close()  # its KV cache and processes go now, before the next engine sizes its own
         del v
-        llm = LLM(model=str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=args.tokens + args.gen_tokens + 16)
+        gen_len = args.tokens + args.gen_tokens + 16
+        llm = LLM(model=str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=gen_len,
+                  **cpu_memory_kwargs(model_dir, max_model_len=gen_len, dtype=args.dtype))
         prompts = [{"prompt_token_ids": i[: args.tokens // 2]} for i in ids]
         sp = SamplingParams(max_tokens=args.gen_tokens, min_tokens=args.gen_tokens, temperature=0.8)
         llm.generate(prompts[:2], sp, use_tqdm=False)

@@ -26,11 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
-
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 
 def parse_args(argv=None):

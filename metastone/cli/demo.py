@@ -152,7 +152,6 @@ def main(args) -> int:
     started = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine: the demo's sequences are short
     print("[1/3] policy + SPRM head", file=sys.stderr)
     head = Path(args.head) if args.head else demo_head_path()
     model = prepare_model_folder(out, head)

@@ -20,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from metastone.serve.vllm_cpu import add_kv_cache_argument
+
 logger = logging.getLogger(__name__)
 
 
@@ -97,6 +99,7 @@ def make_parser(subparsers):
     p.add_argument("--max_model_len", "--max-model-len", dest="max_model_len", type=int, default=None, help="vllm backend")
     p.add_argument("--gpu_memory_utilization", "--gpu-memory-utilization", dest="gpu_memory_utilization", type=float, default=0.4,
                    help="vllm backend: per engine (policy and scorer share the GPU)")
+    add_kv_cache_argument(p)
     p.add_argument("--api_key", "--api-key", dest="api_key", default=None, help="bearer token for the services")
     p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true")
     g = p.add_argument_group("search (--strategy beam|mcts; docs/search.md); unset options take the strategy's defaults")
@@ -139,8 +142,9 @@ def _engines(args):
     if torch.cuda.is_available():
         kw["gpu_memory_utilization"] = args.gpu_memory_utilization
     head = {"head_path": args.head_path} if getattr(args, "head_path", None) else {}
-    return backend, LocalGenerator("vllm", args.model_dir, dtype=args.dtype, enforce_eager=not torch.cuda.is_available(), **kw), \
-        LocalScorer(VLLMScorer(args.model_dir, dtype=args.dtype, **kw, **head)), 1
+    kv = {"kv_cache_gib": getattr(args, "kv_cache_gib", None)}  # per engine, CPU only
+    return backend, LocalGenerator("vllm", args.model_dir, dtype=args.dtype, enforce_eager=not torch.cuda.is_available(), **kw, **kv), \
+        LocalScorer(VLLMScorer(args.model_dir, dtype=args.dtype, **kw, **kv, **head)), 1
 
 
 async def _main(args) -> int:

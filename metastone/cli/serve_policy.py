@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from metastone.serve.vllm_cpu import add_kv_cache_argument
+
 logger = logging.getLogger(__name__)
 
 
@@ -26,8 +28,10 @@ def add_arguments(p):
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--device", default=None, help="HF backend device (default: cuda if available, else cpu)")
     p.add_argument("--max_model_len", "--max-model-len", dest="max_model_len", type=int, default=None,
-                   help="context length the engine reserves KV cache for (the original never set it)")
+                   help="context length (vLLM reserves KV cache for it; the HF backend stops there too; "
+                        "the original never set it)")
     p.add_argument("--gpu_memory_utilization", "--gpu-memory-utilization", dest="gpu_memory_utilization", type=float, default=None)
+    add_kv_cache_argument(p)
     p.add_argument("--tensor_parallel_size", "--tensor-parallel-size", dest="tensor_parallel_size", type=int, default=1)
     p.add_argument("--max_num_seqs", "--max-num-seqs", dest="max_num_seqs", type=int, default=None)
     p.add_argument("--enforce_eager", "--enforce-eager", dest="enforce_eager", action="store_true")
@@ -73,6 +77,12 @@ def start_vllm_server(args, port: int) -> subprocess.Popen:
             cmd += [flag, str(value)]
     if args.enforce_eager:
         cmd.append("--enforce-eager")
+    from metastone.serve.vllm_cpu import cpu_memory_kwargs
+
+    memory = cpu_memory_kwargs(args.model_path, kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len,
+                               dtype=args.dtype)
+    if memory:
+        cmd += ["--kv-cache-memory-bytes", str(memory["kv_cache_memory_bytes"])]
     if chunked_prefill_off(args.chunked_prefill):
         cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(args.max_model_len or 8192, 2048))]
     from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts
@@ -106,7 +116,8 @@ def build_backend(args):
         from metastone.serve.policy_server import HFPolicyBackend
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return HFPolicyBackend(HFPolicy(args.model_path, device=device, dtype=args.dtype), str(args.model_path)), None
+        policy = HFPolicy(args.model_path, device=device, dtype=args.dtype, max_len=args.max_model_len)
+        return HFPolicyBackend(policy, str(args.model_path)), None
     from metastone.serve.policy_server import VLLMProxyBackend
 
     port = _free_port()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from metastone.serve.vllm_cpu import add_kv_cache_argument
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +27,7 @@ def add_arguments(p):
     p.add_argument("--device", default=None, help="HF backend device (default: cuda if available, else cpu)")
     p.add_argument("--max_model_len", "--max-model-len", dest="max_model_len", type=int, default=None)
     p.add_argument("--gpu_memory_utilization", "--gpu-memory-utilization", dest="gpu_memory_utilization", type=float, default=None)
+    add_kv_cache_argument(p)
     p.add_argument("--max_batch", "--max-batch", dest="max_batch", type=int, default=64, help="requests scored together")
     p.add_argument("--api_key", "--api-key", dest="api_key", default=None,
                    help="require 'Authorization: Bearer KEY' (or set METASTONE_API_KEY)")
@@ -62,7 +65,8 @@ def build_scorer(args):
     from metastone.serve.vllm_scorer import VLLMScorer
 
     kwargs = {k: v for k, v in (("max_model_len", args.max_model_len), ("gpu_memory_utilization", args.gpu_memory_utilization)) if v is not None}
-    return VLLMScorer(args.model_path, head_path=args.head, dtype=args.dtype, lang=args.lang, **kwargs)
+    return VLLMScorer(args.model_path, head_path=args.head, dtype=args.dtype, lang=args.lang,
+                      kv_cache_gib=args.kv_cache_gib, **kwargs)
 
 
 def main(args) -> int:
@@ -73,5 +77,10 @@ def main(args) -> int:
     app = create_score_app(scorer, lambda text: scorer.tokenizer.encode(text, add_special_tokens=False),
                            max_len=scorer.max_len, vocab_size=len(scorer.tokenizer), api_key=resolve_api_key(args.api_key),
                            max_batch=args.max_batch, model_name=str(args.model_path))
-    run_app(app, args.host, args.port)
+    try:
+        run_app(app, args.host, args.port)
+    finally:
+        close = getattr(scorer, "close", None)
+        if close is not None:  # vLLM: stop the engine before the interpreter's exit hooks run
+            close()
     return 0

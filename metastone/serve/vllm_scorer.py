@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from metastone.serve.scoring import TraceScore, check_batch, trace_score_from_token_probs
-from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts
+from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_memory_kwargs
 from metastone.serve.vllm_plugin import sprm_architecture
 from metastone.sprm import SPRMConfig, load_head, resolve_step_spec
 
@@ -36,7 +36,11 @@ def sprm_hf_overrides(model_dir: str | Path, head_path: str | Path | None = None
 
 
 class VLLMScorer:
-    """SPRM scores on vLLM. Engine options (``max_model_len``, ``gpu_memory_utilization``, ...) pass through."""
+    """SPRM scores on vLLM. Engine options (``max_model_len``, ``gpu_memory_utilization``, ...) pass through.
+
+    On a CPU-only host the KV cache gets an explicit size, ``kv_cache_gib`` GiB (None: auto), checked
+    against the memory free now (``metastone.serve.vllm_cpu.kv_cache_bytes``).
+    """
 
     def __init__(
         self,
@@ -47,6 +51,7 @@ class VLLMScorer:
         config: SPRMConfig | None = None,
         lang: str | None = None,
         enforce_eager: bool = True,
+        kv_cache_gib: float | None = None,
         **engine_kwargs,
     ):
         from transformers import AutoConfig, AutoTokenizer
@@ -62,11 +67,27 @@ class VLLMScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.spec = resolve_step_spec(self.tokenizer, self.config.separators, self.config.think_tokens)
         bind_all_cores_on_small_hosts()
+        if "kv_cache_memory_bytes" not in engine_kwargs:
+            engine_kwargs.update(cpu_memory_kwargs(model_dir, kv_cache_gib=kv_cache_gib, dtype=dtype,
+                                                   max_model_len=engine_kwargs.get("max_model_len")))
         self.llm = LLM(
             model=str(model_dir), runner="pooling", hf_overrides=overrides, dtype=dtype,
             enforce_eager=enforce_eager, **engine_kwargs,
         )
         self.max_len = self.llm.llm_engine.model_config.max_model_len
+
+    def close(self) -> None:
+        """Stop vLLM's engine processes now. Idle, they busy-poll a core; left to interpreter exit, vLLM's
+        own exit hooks stop them and log into streams that may already be closed."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+
+    def __enter__(self) -> "VLLMScorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def token_probs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """One SPRM probability per token of each sequence."""

