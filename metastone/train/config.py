@@ -84,7 +84,7 @@ class SPRMTrainConfig:
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "a probability in [0, 1)")
         if not 0.0 <= self.backbone_grad_scale <= 1.0:
-            bad("backbone_grad_scale", "a value in [0, 1] (1e-4 as in the paper; 0 = head on detached features)")
+            bad("backbone_grad_scale", "a value in [0, 1] (1e-4 as in the original code; 0 = head on detached features)")
         for key in ("loss_coef", "pos_weight", "count_smoothing", "weight_decay", "min_lr_ratio"):
             if getattr(self, key) < 0:
                 bad(key, "a value >= 0")

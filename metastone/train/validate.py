@@ -167,7 +167,7 @@ def check_structure(cfg: DictConfig, sprm: SPRMTrainConfig) -> None:
     if _get(cfg, "algorithm.adv_estimator") == "grpo" and n < 2:
         raise ValueError(
             f"actor_rollout_ref.rollout.n={n}: GRPO normalises rewards within a group of samples of one prompt; "
-            "with n=1 every advantage is 0. Set actor_rollout_ref.rollout.n>=2 (the paper uses 8)."
+            "with n=1 every advantage is 0. Set actor_rollout_ref.rollout.n>=2 (the original scripts use 8)."
         )
 
 
