@@ -69,6 +69,7 @@ class HFPolicy:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=parse_dtype(dtype)).to(self.device).eval()
         self.max_batch = max_batch
+        self.vocab_size = self.model.get_input_embeddings().num_embeddings
         eos = self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

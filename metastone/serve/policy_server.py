@@ -57,7 +57,7 @@ class CompletionRequest(BaseModel):
     max_tokens: int = Field(16, gt=0)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stop: list[str] | str | None = None
     stop_token_ids: list[int] | None = None
     repetition_penalty: float = Field(1.0, gt=0)
@@ -99,6 +99,9 @@ class HFPolicyBackend:
         from metastone.serve.hf_policy import SamplingConfig
 
         ids = self.policy.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        vocab = self.policy.vocab_size
+        if ids and (min(ids) < 0 or max(ids) >= vocab):
+            raise ValueError(f"prompt token ids must be in [0, {vocab}) for this model")
         sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop),
                                   repetition_penalty=repetition_penalty, stop_token_ids=tuple(stop_token_ids or ()))
         seeds = [seed + i if seed is not None else None for i in range(n)]
