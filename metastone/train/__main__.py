@@ -70,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("dry run: configuration is valid; nothing started.")
         return 0
+    if OmegaConf.select(cfg, "trainer.device") == "cpu":
+        from metastone.train.cpu_platform import prepare_cpu_run
+
+        add_ray_env_vars(cfg, prepare_cpu_run(cfg))
+    metrics_file = set_metrics_file(cfg)
+    if metrics_file is not None:
+        add_ray_env_vars(cfg, {"VERL_FILE_LOGGER_PATH": str(metrics_file)})
     from verl.trainer.main_ppo import run_ppo
 
     from metastone.train.trainer import SPRMTaskRunner
@@ -78,6 +85,41 @@ def run(args: argparse.Namespace) -> int:
     logger.info("starting verl run %s (resolved config: %s)", OmegaConf.select(cfg, "trainer.experiment_name"), saved)
     run_ppo(cfg, task_runner_class=SPRMTaskRunner)
     return 0
+
+
+def add_ray_env_vars(cfg, env: dict[str, str]) -> None:
+    """Add ``env`` to ``ray_kwargs.ray_init.runtime_env.env_vars`` (what every Ray process of the run sees)."""
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        ray_init = cfg.ray_kwargs.ray_init
+        if ray_init.get("runtime_env") is None:
+            ray_init.runtime_env = {}
+        if ray_init.runtime_env.get("env_vars") is None:
+            ray_init.runtime_env.env_vars = {}
+        ray_init.runtime_env.env_vars.update(env)
+
+
+def set_metrics_file(cfg) -> Path | None:
+    """With ``file`` in ``trainer.logger``: each run's metrics go to ``<default_local_dir>/metrics/<start>.jsonl``.
+
+    verl's file logger truncates its file when it opens it, so a resumed run writes a new file beside
+    the first instead of erasing it. ``VERL_FILE_LOGGER_PATH`` in the environment wins.
+    """
+    import os
+    import time
+
+    from omegaconf import OmegaConf
+
+    loggers = OmegaConf.select(cfg, "trainer.logger") or []
+    loggers = [loggers] if isinstance(loggers, str) else list(loggers)
+    if "file" not in loggers or os.environ.get("VERL_FILE_LOGGER_PATH"):
+        return None
+    folder = Path(OmegaConf.select(cfg, "trainer.default_local_dir")).expanduser().resolve() / "metrics"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+    os.environ["VERL_FILE_LOGGER_PATH"] = str(path)
+    return path
 
 
 def save_resolved_config(cfg) -> Path:

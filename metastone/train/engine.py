@@ -85,7 +85,8 @@ def full_sequence_response_mask(data) -> tuple[torch.Tensor, torch.Tensor, torch
     return ids, response, attention
 
 
-@EngineRegistry.register(model_type=MODEL_TYPE, backend=["fsdp", "fsdp2"], device=["cuda", "npu"])
+# "cpu": the CPU platform of metastone.train.cpu_platform (CPU runs and tests); FSDP2 over gloo.
+@EngineRegistry.register(model_type=MODEL_TYPE, backend=["fsdp", "fsdp2"], device=["cuda", "npu", "cpu"])
 class SPRMEngine(FSDPEngineWithLMHead):
     """``FSDPEngineWithLMHead`` + SPRM head (see module doc). Call ``setup_sprm`` after ``initialize``."""
 
@@ -100,6 +101,23 @@ class SPRMEngine(FSDPEngineWithLMHead):
             return super()._build_module()
         finally:
             self.model_config.model_type = model_type
+
+    def _build_fsdp_module(self, module):
+        # verl gives every forward-only (reference) FSDP2 engine CPUOffloadPolicy(pin_memory=True);
+        # pinned memory needs an accelerator. On the CPU platform the parameters live on the CPU
+        # anyway, so the same policy is built without pinning, for this call only.
+        if get_device_name() != "cpu":
+            return super()._build_fsdp_module(module)
+        from unittest import mock
+
+        from torch.distributed.fsdp import CPUOffloadPolicy
+        from verl.workers.engine.fsdp import transformer_impl
+
+        def unpinned(pin_memory: bool = True) -> CPUOffloadPolicy:
+            return CPUOffloadPolicy(pin_memory=False)
+
+        with mock.patch.object(transformer_impl, "CPUOffloadPolicy", unpinned):
+            return super()._build_fsdp_module(module)
 
     # ------------------------------------------------------------------ setup
     def setup_sprm(self, config: SPRMTrainConfig, tokenizer=None) -> None:

@@ -27,6 +27,7 @@ from tensordict import TensorDict
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1 import PPOTrainerSync
 
+from metastone.train import hf_rollout  # noqa: F401  (registers rollout.name=hf for the replicas)
 from metastone.train.config import SPRMTrainConfig
 from metastone.train.outcome import OUTCOME_KEY, per_sample_sum, spr_labels
 from metastone.train.worker import SPRMActorRolloutRefWorker

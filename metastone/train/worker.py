@@ -13,7 +13,9 @@ import logging
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from metastone.train import hf_rollout  # noqa: F401  (registers rollout.name=hf in this worker)
 from metastone.train.config import SPRMTrainConfig
+from metastone.train.cpu_platform import is_cpu_platform, open_cpu_process_group
 from metastone.train.engine import MODEL_TYPE, SPRMEngine
 
 logger = logging.getLogger(__name__)
@@ -24,6 +26,8 @@ class SPRMActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self):
+        if is_cpu_platform():
+            open_cpu_process_group()  # before verl's, whose backend string would name cpu twice
         super().init_model()
         if self.actor is None:
             return
