@@ -37,7 +37,6 @@ is not, and the probe falls back to ``/usr/bin/python3``. Programs get the stand
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import selectors
@@ -258,7 +257,7 @@ class Sandbox:
             if r.as_root:
                 os.chown(workdir, uid, uid)
             spec, cwd = self._command(r, workdir, uid, list(argv))
-            cmd = [sys.executable, "-I", "-S", "-B", _SUPERVISOR, json.dumps(spec)]
+            cmd = _supervisor_command(spec)
             with tempfile.TemporaryFile() as stdin_file:
                 stdin_file.write(stdin)
                 stdin_file.seek(0)
@@ -365,6 +364,13 @@ class Sandbox:
             proc.stdout.close()
             proc.stderr.close()
         return status, bytes(out[: cfg.max_stdout_bytes]), bytes(err)
+
+
+def _supervisor_command(spec: dict) -> list[str]:
+    """``python sandbox_supervisor.py UID GID CGROUP RLIMITS -- CMD...`` (see that module)."""
+    ids = ["-" if spec[k] is None else str(spec[k]) for k in ("uid", "gid")]
+    limits = ",".join(f"{k}={int(v)}" for k, v in spec["rlimits"].items())
+    return [sys.executable, "-I", "-S", "-B", _SUPERVISOR, *ids, "1" if spec["cgroup"] else "0", limits, "--", *spec["cmd"]]
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -18,17 +18,17 @@ only) in front of every sandboxed program. It
 The supervisor gives up its stdin/stdout/stderr once the program has them, so ``Sandbox`` sees
 end-of-file exactly when the last process holding them is dead.
 
-SPEC is JSON: ``{"cmd": [...], "uid": int | null, "gid": int | null, "rlimits": {"cpu": int, ...},
-"cgroup": bool}``.
+Usage: ``sandbox_supervisor.py UID GID CGROUP RLIMITS -- CMD...`` with UID and GID numbers or ``-``
+(keep ours), CGROUP ``1`` or ``0``, RLIMITS ``cpu=7,as=536870912,...`` (names of ``_RLIMITS``).
+It starts on every sandboxed run, so it imports as little as it can (no ``json``, ``signal``/``enum``).
 """
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: importing ``signal`` would pull in ``enum`` (~10 ms)
 import ctypes
-import json
 import os
 import resource
-import signal
 import sys
 import time
 
@@ -143,6 +143,15 @@ def sweep(pgid: int, cgroup: str | None) -> None:
         time.sleep(0.002)
 
 
+def parse_args(argv: list[str]) -> dict:
+    uid, gid, cgroup, limits, sep, *cmd = argv[1:]
+    if sep != "--" or not cmd:
+        raise SystemExit("usage: sandbox_supervisor.py UID GID CGROUP RLIMITS -- CMD...")
+    return {"uid": None if uid == "-" else int(uid), "gid": None if gid == "-" else int(gid), "cgroup": cgroup == "1",
+            "rlimits": dict((k, int(v)) for k, v in (item.split("=") for item in limits.split(",") if item)),
+            "cmd": cmd}
+
+
 def _start(spec: dict, cgroup: str | None) -> int:
     pid = os.fork()
     if pid:
@@ -153,7 +162,7 @@ def _start(spec: dict, cgroup: str | None) -> int:
             raise OSError("could not join the sandbox cgroup")
         os.setsid()
         for name, value in spec.get("rlimits", {}).items():
-            resource.setrlimit(_RLIMITS[name], (int(value), int(value)))
+            resource.setrlimit(_RLIMITS[name], (value, value))
         if spec.get("uid") is not None:
             os.setgroups([])
             os.setgid(int(spec["gid"]))
@@ -168,7 +177,7 @@ def _start(spec: dict, cgroup: str | None) -> int:
 
 
 def main(argv: list[str]) -> None:
-    spec = json.loads(argv[1])
+    spec = parse_args(argv)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         os.write(2, b"sandbox supervisor: PR_SET_CHILD_SUBREAPER failed\n")
