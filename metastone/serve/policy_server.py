@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from typing import Any, Protocol
@@ -120,6 +121,24 @@ class HFPolicyBackend:
                 "usage": {"prompt_tokens": len(ids), "completion_tokens": gen, "total_tokens": len(ids) + gen}}
 
 
+# vLLM's request fields -> ours on /generate, to name the field of an error the engine reports
+_ENGINE_FIELDS = {"max_tokens": "max_tokens", "n": "response_num", "seed": "seed", "temperature": "temperature",
+                  "top_p": "top_p", "stop": "stop", "repetition_penalty": "repetition_penalty", "prompt": "prefix_prompt"}
+
+
+def engine_error(resp) -> Exception:
+    """A 4xx naming our field for an error answer of the vLLM server (502 if the engine itself failed)."""
+    try:
+        err = resp.json().get("error") or {}
+        message, param = str(err.get("message", resp.text)), err.get("param")
+    except (ValueError, AttributeError):
+        message, param = resp.text, None
+    field = _ENGINE_FIELDS.get(param) or next(
+        (ours for theirs, ours in _ENGINE_FIELDS.items() if re.search(rf"\b{theirs}\b", message)), "body")
+    status = resp.status_code if resp.status_code < 500 else 502
+    return bad_request(field, f"policy engine answered {resp.status_code}: {message[:500]}", status)
+
+
 class VLLMProxyBackend:
     """Forwards to a vLLM OpenAI-compatible server (ours, started as a subprocess, or any URL)."""
 
@@ -147,10 +166,16 @@ class VLLMProxyBackend:
                 "repetition_penalty": repetition_penalty}
         if seed is not None:
             body["seed"] = seed
+        copies = n if temperature == 0 and n > 1 else 1
+        if copies > 1:  # vLLM refuses n > 1 with greedy sampling; greedy drafts are all the same draft
+            body["n"] = 1
         resp = await self.client.post("/v1/completions", json=body)
         if resp.status_code >= 400:
-            raise bad_request("body", f"policy engine answered {resp.status_code}: {resp.text[:500]}", resp.status_code)
-        return resp.json()
+            raise engine_error(resp)
+        out = resp.json()
+        if copies > 1:
+            out["choices"] = [{**out["choices"][0], "index": i} for i in range(copies)]
+        return out
 
     async def forward(self, request: Request, path: str) -> Response:
         resp = await self.client.request(request.method, f"/{path}", content=await request.body(),

@@ -76,3 +76,12 @@ def test_sampling_is_per_draft_and_stops(tiny_model_dir):
         assert cut.finish_reason == "stop" and stop not in cut.text and first.startswith(cut.text)
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0)
+
+
+def test_engine_errors_name_our_field():
+    from metastone.serve.policy_server import engine_error
+
+    greedy = httpx.Response(400, json={"error": {"message": "n must be 1 when using greedy sampling, got 2.", "param": None}})
+    assert engine_error(greedy).status_code == 400 and engine_error(greedy).detail["field"] == "response_num"
+    assert engine_error(httpx.Response(400, json={"error": {"message": "bad", "param": "max_tokens"}})).detail["field"] == "max_tokens"
+    assert engine_error(httpx.Response(500, text="boom")).status_code == 502

@@ -118,5 +118,7 @@ def test_policy_service_on_vllm(server_factory, tiny_model_dir):
     comp = httpx.post(server.url + "/v1/completions", json={"model": str(tiny_model_dir), "prompt": PROMPT, "n": 2,
                                                              "max_tokens": 8, "seed": 3, "return_token_ids": True}, timeout=300)
     assert comp.status_code == 200 and len(comp.json()["choices"]) == 2 and comp.json()["choices"][0]["token_ids"]
+    greedy = httpx.post(server.url + "/generate", json={**body, "temperature": 0, "response_num": 3}, timeout=300)
+    assert greedy.status_code == 200 and len(set(greedy.json()["results"])) == 1 and len(greedy.json()["results"]) == 3
     assert httpx.post(server.url + "/generate", json={"prefix_prompt": "", "max_tokens": 4}).status_code == 422
     assert httpx.get(server.url + "/health").status_code == 200
