@@ -106,13 +106,21 @@ def parse_kv_cache_gib(value: str) -> float | None:
         gib = float(value)
     except ValueError:
         raise ValueError(f"{KV_CACHE_FLAG} must be 'auto' or a number of GiB, got {value!r}.") from None
-    if not gib > 0:
+    if not (gib > 0 and math.isfinite(gib)):
         raise ValueError(f"{KV_CACHE_FLAG} must be > 0 GiB (or 'auto'), got {value!r}.")
     return gib
 
 
 def add_kv_cache_argument(parser) -> None:
-    parser.add_argument("--kv_cache_gib", "--kv-cache-gib", dest="kv_cache_gib", type=parse_kv_cache_gib, default=None,
+    import argparse
+
+    def kv_cache_gib(value: str) -> float | None:
+        try:
+            return parse_kv_cache_gib(value)
+        except ValueError as exc:  # argparse prints this message, not just "invalid value"
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parser.add_argument("--kv_cache_gib", "--kv-cache-gib", dest="kv_cache_gib", type=kv_cache_gib, default=None,
                         metavar="GIB|auto",
                         help="vLLM on CPU: KV-cache size in GiB (default auto: room for 8 full-context sequences, "
                              "1-4 GiB, at most half of the memory free after the weights)")

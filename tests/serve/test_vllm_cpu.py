@@ -101,7 +101,7 @@ def test_explicit_size_must_hold_one_sequence_and_fit(tmp_path):
 
 def test_parse_flag_and_engine_kwargs(tmp_path, monkeypatch, no_gpu):
     assert vllm_cpu.parse_kv_cache_gib("auto") is None and vllm_cpu.parse_kv_cache_gib("1.5") == 1.5
-    for bad in ("0", "-1", "lots"):
+    for bad in ("0", "-1", "lots", "inf", "nan"):
         with pytest.raises(ValueError, match="--kv_cache_gib"):
             vllm_cpu.parse_kv_cache_gib(bad)
     model = _model(tmp_path, weight_bytes=1024)
