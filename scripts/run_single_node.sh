@@ -5,13 +5,13 @@
 #     bash scripts/run_single_node.sh [--dry-run] [hydra overrides ...]
 #
 # Environment (all optional except the data files when the preset's defaults do not exist):
-#   PRESET       tiny | s1_1p5b | s1_7b | s1_32b                  (default s1_1p5b)
+#   PRESET       tiny | cpu_tiny | s1_1p5b | s1_7b | s1_32b       (default s1_1p5b)
 #   MODEL        policy checkpoint: HF folder or Hub id           (default: the preset's)
 #   TRAIN_FILES  training parquet from `python -m metastone.data.prepare`
 #   VAL_FILES    validation parquet
 #   OUTPUT_DIR   checkpoint folder                                (default checkpoints/metastone/$EXPERIMENT)
 #   EXPERIMENT   run name                                         (default: the preset's)
-#   N_GPUS       GPUs on this node                                (default: all visible, from nvidia-smi)
+#   N_GPUS       GPUs on this node (training processes on CPU)    (default: all visible, from nvidia-smi; 1 without it)
 #   PYTHON       interpreter with metastone[train] installed      (default python)
 # Everything after the options is passed to hydra, e.g. trainer.total_training_steps=10.
 set -euo pipefail
@@ -22,7 +22,7 @@ if [[ -z "${N_GPUS:-}" ]]; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     N_GPUS="$(nvidia-smi --list-gpus | wc -l)"
   else
-    N_GPUS=8
+    N_GPUS=1  # no NVIDIA GPU: a CPU run (PRESET=cpu_tiny) trains in one process
   fi
 fi
 

@@ -35,7 +35,7 @@ from metastone.sprm import OUTCOME_INVALID, resolve_step_spec, spr_loss, step_ma
 from metastone.sprm.features import backbone, layer_input_index
 from metastone.train.config import MODEL_TYPE, SECTION, SPRMTrainConfig
 from metastone.train.head_runtime import SPRMHeadRuntime
-from metastone.train.outcome import outcome_from_batch
+from metastone.train.outcome import OUTCOME_KEY, outcome_from_batch
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +216,8 @@ class SPRMEngine(FSDPEngineWithLMHead):
         )
         share = self._micro_batch_share(data, mask.shape[0])
         metrics["sprm/invalid_frac"] = float((outcome == OUTCOME_INVALID).float().mean())
+        # 1 when this micro-batch had no trainer-written labels and fell back to the reward threshold
+        metrics["sprm/label_fallback"] = float(OUTCOME_KEY not in data.keys())
         offsets = data["input_ids"].offsets()
         outputs = {
             "sprm_scores": torch.nested.nested_tensor_from_jagged(
@@ -270,8 +272,7 @@ class SPRMEngine(FSDPEngineWithLMHead):
         super().save_checkpoint(local_path, hdfs_path, global_step, max_ckpt_to_keep, **kwargs)
         if self.sprm is not None:
             if not dist.is_initialized() or dist.get_rank() == 0:
-                files = self.sprm.save(local_path, self.checkpoint_config.save_contents)
-                logger.info("saved SPRM head state: %s", [f.name for f in files])
+                self.sprm.save(local_path, self.checkpoint_config.save_contents)
             if dist.is_initialized():
                 dist.barrier()
 

@@ -152,6 +152,30 @@ class SPRMHeadRuntime:
                         state[key] = value.to(device)
 
     # ---------------------------------------------------------------- checkpoint files
+    def state_digest(self) -> str:
+        """sha256 (16 hex) of the head weights, AdamW state and schedule: equal digests = bit-identical state."""
+        import hashlib
+
+        digest = hashlib.sha256()
+
+        def add(value) -> None:
+            if isinstance(value, torch.Tensor):
+                digest.update(value.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            elif isinstance(value, dict):
+                for key in sorted(value, key=str):
+                    digest.update(str(key).encode())
+                    add(value[key])
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    add(item)
+            else:
+                digest.update(repr(value).encode())
+
+        add(self.head.state_dict())
+        add(self.optimizer.state_dict()["state"])
+        add(self.scheduler.state_dict().get("last_epoch"))
+        return digest.hexdigest()[:16]
+
     def save(self, directory: str | Path, contents) -> list[Path]:
         """Write the files selected by verl's ``checkpoint.save_contents`` (model / optimizer / extra)."""
         out = Path(directory)
@@ -169,6 +193,7 @@ class SPRMHeadRuntime:
         if len(state) > 1:
             torch.save(state, out / STATE_FILE)
             written.append(out / STATE_FILE)
+        logger.info("SPRM head state saved to %s (digest %s)", out, self.state_digest())
         return written
 
     def load(self, directory: str | Path, contents) -> None:
@@ -211,3 +236,4 @@ class SPRMHeadRuntime:
             if "extra" in contents and "lr_scheduler" in state:
                 self.scheduler.load_state_dict(state["lr_scheduler"])
                 self.skipped_steps = int(state.get("skipped_steps", 0))
+        logger.info("SPRM head state restored from %s (digest %s)", src, self.state_digest())

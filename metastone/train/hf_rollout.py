@@ -63,6 +63,7 @@ class HFRolloutServer:
     def __init__(self, config, model_config, replica_rank: int) -> None:
         from transformers import AutoModelForCausalLM
 
+        logging.getLogger("metastone").setLevel(os.environ.get("METASTONE_LOGGING_LEVEL", "INFO"))
         self.config, self.replica_rank = config, replica_rank
         path = getattr(model_config, "local_path", None) or model_config.path
         dtype = getattr(torch, str(config.dtype).replace("torch.", ""), torch.float32)
@@ -99,6 +100,10 @@ class HFRolloutServer:
             self.weight_version += 1
             if global_steps is not None:
                 self.global_steps = global_steps
+        logger.info(
+            "hf rollout replica %d: %d tensors from the trainer for global step %s (weights v%d)",
+            self.replica_rank, len(named_tensors), global_steps, self.weight_version,
+        )
         return self.weight_version
 
     def _is_tied(self, key: str) -> bool:

@@ -47,6 +47,13 @@ def threshold_labels(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(scores > threshold, OUTCOME_CORRECT, OUTCOME_WRONG).float()
 
 
+def reward_label(entry: Any) -> float | None:
+    """The reward function's ``sprm_label`` in one trajectory's ``extra_fields``, or None."""
+    entry = getattr(entry, "data", entry)  # NonTensorData from TransferQueue
+    info = entry.get("reward_extra_info", {}) if isinstance(entry, dict) else {}
+    return info.get(LABEL_KEY) if isinstance(info, dict) else None
+
+
 def labels_from_rollouts(
     extra_fields: Sequence[Any],
     reward_sums: torch.Tensor,
@@ -60,9 +67,7 @@ def labels_from_rollouts(
     labels = threshold_labels(reward_sums, threshold)
     missing = 0
     for i, entry in enumerate(extra_fields):
-        entry = getattr(entry, "data", entry)  # NonTensorData from TransferQueue
-        info = entry.get("reward_extra_info", {}) if isinstance(entry, dict) else {}
-        label = info.get(LABEL_KEY) if isinstance(info, dict) else None
+        label = reward_label(entry)
         if label is None:
             missing += 1
             continue
@@ -97,7 +102,8 @@ def spr_labels(
 
     Metrics, as fractions of the real (non-padding) trajectories, whichever the mode:
     ``sprm/label_correct_frac``, ``sprm/label_wrong_frac``, ``sprm/label_invalid_frac`` (as graded), and
-    ``sprm/label_negative_frac`` / ``sprm/label_excluded_frac`` (what the SPR loss does with them).
+    ``sprm/label_negative_frac`` / ``sprm/label_excluded_frac`` (what the SPR loss does with them), and
+    ``sprm/label_from_reward_frac`` (trajectories without ``sprm_label``, labelled by the reward threshold).
     """
     graded = labels_from_rollouts(extra_fields, reward_sums, threshold=threshold)
     labels = map_invalid_outcome(graded, invalid_outcome).clone()
@@ -117,6 +123,8 @@ def spr_labels(
         "sprm/label_invalid_frac": frac(graded == OUTCOME_INVALID),
         "sprm/label_negative_frac": frac(labels == OUTCOME_WRONG),
         "sprm/label_excluded_frac": frac(labels == OUTCOME_INVALID),
+        # > 0 only when the reward function returned no sprm_label (labels fell back to the reward)
+        "sprm/label_from_reward_frac": frac(torch.tensor([reward_label(e) is None for e in extra_fields])),
     }
     return labels, metrics
 

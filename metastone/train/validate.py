@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from metastone.sprm import resolve_step_spec, sprm_head_num_params
 from metastone.sprm.features import layer_input_index
 from metastone.train.config import EXTERNAL_LIB, MODEL_TYPE, SECTION, SPRMTrainConfig
+from metastone.train.packages import resolve_package_settings
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,17 @@ def check_structure(cfg: DictConfig, sprm: SPRMTrainConfig) -> None:
             have = _get(cfg, key, want)
             if have != want:
                 raise ValueError(f"{key}={have!r} is not supported ({why}); set {key}={want!r}.")
+    device, rollout = _get(cfg, "trainer.device", "cuda"), _get(cfg, "actor_rollout_ref.rollout.name")
+    if device == "cpu" and rollout != "hf":
+        raise ValueError(
+            f"trainer.device=cpu with actor_rollout_ref.rollout.name={rollout!r}: verl's {rollout} rollout needs a "
+            "GPU; on CPU set actor_rollout_ref.rollout.name=hf (metastone's CPU rollout, see preset cpu_tiny)."
+        )
+    if rollout == "hf" and _get(cfg, "actor_rollout_ref.rollout.checkpoint_engine.backend", "naive") != "naive":
+        raise ValueError(
+            "actor_rollout_ref.rollout.name=hf takes the trainer's weights in-process; set "
+            "actor_rollout_ref.rollout.checkpoint_engine.backend=naive."
+        )
     strategy = _get(cfg, "actor_rollout_ref.actor.strategy")
     if strategy not in ("fsdp", "fsdp2"):
         raise ValueError(
@@ -249,6 +261,7 @@ def validate_run_config(cfg: DictConfig, *, check_paths: bool = True) -> RunSumm
     sprm = SPRMTrainConfig.from_mapping(_get(cfg, SECTION))
     summary = RunSummary(sprm=sprm, model_path=str(_get(cfg, "actor_rollout_ref.model.path")))
     check_structure(cfg, sprm)
+    summary.notes += resolve_package_settings(cfg)  # attention by what is importable; kernels need packages
     if check_paths:
         check_data_files(cfg)
     inspect_model(cfg, sprm, summary, check_paths)

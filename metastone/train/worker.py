@@ -9,6 +9,7 @@ The loss function stays verl's ``ppo_loss``; the engine adds the SPR term inside
 from __future__ import annotations
 
 import logging
+import os
 
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
@@ -26,6 +27,9 @@ class SPRMActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self):
+        # verl sets the root logger to WARNING; metastone's own progress lines (head init, checkpoint
+        # digests) are INFO. METASTONE_LOGGING_LEVEL=WARNING silences them.
+        logging.getLogger("metastone").setLevel(os.environ.get("METASTONE_LOGGING_LEVEL", "INFO"))
         if is_cpu_platform():
             open_cpu_process_group()  # before verl's, whose backend string would name cpu twice
         super().init_model()

@@ -74,6 +74,7 @@ def test_tiny_preset_checks_the_real_model_and_tokenizer(tiny_model_dir, data_fi
         (["actor_rollout_ref.sprm.separators=[qzxqzxqzxq]"], "separators"),
         (["actor_rollout_ref.sprm.no_such_key=1"], "actor_rollout_ref.sprm.no_such_key"),
         (["actor_rollout_ref.model.path=./no/such/model"], "actor_rollout_ref.model.path="),
+        (["trainer.device=cpu"], "trainer.device=cpu with actor_rollout_ref.rollout.name='vllm'"),
     ],
 )
 def test_invalid_runs_fail_before_any_work_naming_the_keys(overrides, match, tiny_model_dir, data_files):
@@ -82,6 +83,38 @@ def test_invalid_runs_fail_before_any_work_naming_the_keys(overrides, match, tin
         args.append("data.train_batch_size=128")
     with pytest.raises(ValueError, match=match.replace("[", r"\[").replace(".", r"\.")):
         dry_run(*args)
+
+
+def test_cpu_preset_validates_with_production_settings(tiny_model_dir, data_files, capsys):
+    from metastone.train.__main__ import compose_config
+
+    assert dry_run("preset=cpu_tiny", f"actor_rollout_ref.model.path={tiny_model_dir}", *data_files) == 0
+    c = compose_config(["preset=cpu_tiny", *data_files])
+    model, actor = c.actor_rollout_ref.model, c.actor_rollout_ref.actor
+    assert (c.trainer.device, c.actor_rollout_ref.rollout.name) == ("cpu", "hf")
+    assert model.use_remove_padding and model.enable_gradient_checkpointing and actor.use_dynamic_bsz
+    assert actor.use_kl_loss and c.trainer.resume_mode == "auto"
+
+
+def test_cpu_run_selects_the_cpu_platform_everywhere(data_files, monkeypatch):
+    from verl.plugin.platform import get_platform, set_platform
+
+    from metastone.train.__main__ import add_ray_env_vars, compose_config
+    from metastone.train.cpu_platform import prepare_cpu_run
+
+    for key in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES"):  # restored after the test
+        monkeypatch.setenv(key, "")
+    before = get_platform()
+    cfg = compose_config(["preset=cpu_tiny", "trainer.n_gpus_per_node=2", *data_files])
+    try:
+        env = prepare_cpu_run(cfg)
+        add_ray_env_vars(cfg, env)
+        assert get_platform().device_name == "cpu" and get_platform().communication_backend_name() == "gloo"
+    finally:
+        set_platform(before)
+    assert cfg.ray_kwargs.ray_init.num_gpus == 2  # one logical slot per training process
+    env_vars = cfg.ray_kwargs.ray_init.runtime_env.env_vars
+    assert env_vars.VERL_PLATFORM == "cpu" and "metastone.train.cpu_platform" in env_vars.VERL_USE_EXTERNAL_MODULES
 
 
 def test_cli_reports_errors_without_a_traceback(capsys):
