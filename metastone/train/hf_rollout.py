@@ -118,7 +118,8 @@ class HFRolloutServer:
 
     async def parameter_checksum(self) -> float:
         """Sum of all parameters: lets a test see that the trainer's weights arrived."""
-        return float(sum(p.double().sum() for p in self.model.parameters()))
+        with torch.no_grad():
+            return float(sum(p.double().sum() for p in self.model.parameters()))
 
     # CPU memory is shared by actor and rollout: there is nothing to release or restore.
     async def wake_up(self, tags: Optional[list[str]] = None) -> None:
@@ -190,7 +191,7 @@ class HFRolloutServer:
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
-            self._wake = self._wake or asyncio.Event()
+            self._wake = asyncio.Event()  # bound to the running loop, like the worker task
             self._worker = asyncio.get_running_loop().create_task(self._serve())
 
     async def _serve(self) -> None:
@@ -202,8 +203,11 @@ class HFRolloutServer:
             await asyncio.sleep(BATCH_WINDOW_S)
             pending, self._pending = self._pending, []
             groups: dict[tuple, list] = {}
-            for item in pending:
-                groups.setdefault(_sampling_key(item[0]["params"]), []).append(item)
+            for request, fut in pending:
+                try:
+                    groups.setdefault(_sampling_key(request["params"]), []).append((request, fut))
+                except (TypeError, ValueError) as exc:  # a malformed sampling setting fails its own request
+                    fut.set_exception(ValueError(f"bad sampling_params {request['params']!r}: {exc}"))
             for key, items in groups.items():
                 limit = max(1, int(getattr(self.config, "max_num_seqs", 0) or len(items)))
                 for start in range(0, len(items), limit):
@@ -234,8 +238,9 @@ class HFRolloutServer:
         seed = int(self.config.seed) + 1_000_003 * self.replica_rank + self.batches
         self.batches += 1
         torch.manual_seed(seed)
-        sample = temperature > 0
-        kwargs = dict(do_sample=sample, temperature=temperature, top_p=top_p, top_k=top_k) if sample else {}
+        sample = temperature > 0  # verl's greedy settings (validation with do_sample=false) send temperature 0
+        kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if sample else dict(
+            do_sample=False, temperature=None, top_p=None, top_k=None)
         out = self.model.generate(
             input_ids=ids, attention_mask=attention, max_new_tokens=max(r["max_tokens"] for r in requests),
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id, repetition_penalty=repetition_penalty,
