@@ -10,6 +10,13 @@ model on the same engine, so scoring is also shown as a share of generation cost
 
     .venv/bin/python benchmarks/bench_scorer.py                     # SmolLM2-135M-shaped Qwen2, random weights
     .venv/bin/python benchmarks/bench_scorer.py --model DIR         # any Qwen2/Llama folder with its head
+    .venv/bin/python benchmarks/bench_scorer.py --bon-only          # only the shared-prompt comparison below
+
+The Best-of-N comparison (always run; ``--bon-only`` runs nothing else) scores ``--bon-questions``
+prompts of ``--bon-prompt-tokens`` tokens x ``--bon-drafts`` drafts of ``--bon-draft-tokens`` tokens with
+``HFScorer(share_prefix=False)`` (every draft a full prefill of prompt + draft) and with the default
+``share_prefix=True`` (the prompt once per question, each draft only over its own tokens), alternating
+the two ``--bon-repeats`` times, and reports the best time of each and the largest step-score difference.
 """
 
 from __future__ import annotations
@@ -95,6 +102,52 @@ def original_style(model_dir: Path, texts: list[str], dtype: torch.dtype):
     return out, time.perf_counter() - start
 
 
+def bon_shared_vs_full(model_dir: Path, tok, args) -> dict:
+    """HF scoring of Best-of-N batches with and without the prompt shared, side by side in one process."""
+    from metastone.serve.hf_backend import HFScorer
+
+    rng = random.Random(1)
+    base = make_traces(tok, 1, args.bon_prompt_tokens + 40, seed=1)[0]
+    prompt_ids = tok.encode(base, add_special_tokens=False)[: args.bon_prompt_tokens]
+    words = [tok.encode(" " + w, add_special_tokens=False) for w in "we add then check each term and the result".split()]
+    dot = tok.encode(".\n\n", add_special_tokens=False)
+    seqs, lens = [], []
+    for q in range(args.bon_questions):
+        prompt = [(t + q) % 1000 + 100 for t in prompt_ids[:1]] + prompt_ids[1:]  # a different prompt per question
+        for _ in range(args.bon_drafts):
+            draft = []
+            while len(draft) < args.bon_draft_tokens:
+                draft += rng.choice(words) + (dot if rng.random() < 0.2 else [])
+            seqs.append(prompt + draft[: args.bon_draft_tokens])
+            lens.append(len(prompt))
+    scorers = {"full prefill per draft (share_prefix=False)": HFScorer(model_dir, dtype=args.dtype, share_prefix=False),
+               "prompt once per question (share_prefix=True)": HFScorer(model_dir, dtype=args.dtype)}
+    best, results = {k: float("inf") for k in scorers}, {}
+    for _ in range(args.bon_repeats):
+        for name, sc in scorers.items():
+            start = time.perf_counter()
+            results[name] = sc.score_ids(seqs, lens)
+            best[name] = min(best[name], time.perf_counter() - start)
+    a, b = results.values()
+    diff = max((abs(x - y) for r, q in zip(a, b) for x, y in zip(r.step_scores, q.step_scores)), default=0.0)
+    assert [r.positions for r in a] == [r.positions for r in b]
+    full, shared = best.values()
+    print(f"\nBest-of-N scoring, HF backend: {args.bon_questions} prompts x {args.bon_drafts} drafts, prompt "
+          f"{len(prompt_ids)} tokens, drafts {args.bon_draft_tokens} tokens, best of {args.bon_repeats} alternating runs")
+    out = {"questions": args.bon_questions, "drafts": args.bon_drafts, "prompt_tokens": len(prompt_ids),
+           "draft_tokens": args.bon_draft_tokens, "repeats": args.bon_repeats, "rows": {}, "max_abs_diff": diff}
+    for name, sc in scorers.items():
+        secs = best[name]
+        per = secs / len(seqs)
+        print(f"  {name:<46} {secs:7.3f} s  {1000 * per:7.2f} ms/draft  computed tokens/draft "
+              f"{sc.stats['computed_tokens'] / sc.stats['sequences']:6.1f}")
+        out["rows"][name] = {"seconds": secs, "ms_per_draft": 1000 * per,
+                             "computed_tokens_per_draft": sc.stats["computed_tokens"] / sc.stats["sequences"]}
+    print(f"  speedup {full / shared:.2f}x, max |step score diff| {diff:.2e}")
+    out["speedup"] = full / shared
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder with its SPRM head (default: build a SmolLM2-135M-shaped one)")
@@ -104,6 +157,12 @@ def main() -> None:
     parser.add_argument("--gen-tokens", type=int, default=128, help="tokens per draft in the generation measurement")
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--bon-only", action="store_true", help="run only the shared-prompt Best-of-N comparison")
+    parser.add_argument("--bon-questions", type=int, default=4)
+    parser.add_argument("--bon-drafts", type=int, default=8)
+    parser.add_argument("--bon-prompt-tokens", type=int, default=128)
+    parser.add_argument("--bon-draft-tokens", type=int, default=32)
+    parser.add_argument("--bon-repeats", type=int, default=3)
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -117,6 +176,11 @@ def main() -> None:
     ids = [tok.encode(t, add_special_tokens=False) for t in texts]
     n_tokens = sum(map(len, ids))
     torch.set_num_threads(os.cpu_count() or 1)
+    bon = bon_shared_vs_full(model_dir, tok, args)
+    if args.bon_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"best_of_n": bon}, indent=2))
+        return
     rows, scores = {}, {}
 
     with PeakRSS() as mem:
@@ -166,7 +230,8 @@ def main() -> None:
     print(f"\n{args.traces} traces, {n_tokens} tokens ({n_tokens // args.traces}/trace), dtype {args.dtype}, "
           f"{os.cpu_count()} CPU threads, model {model_dir.name}")
     print(f"{'scorer':<72} {'traces/s':>9} {'tokens/s':>10} {'vs (a)':>7} {'peak RSS':>9}")
-    result = {"traces": args.traces, "tokens": n_tokens, "dtype": args.dtype, "rows": {}, "max_abs_diff_vs_a": diffs}
+    result = {"traces": args.traces, "tokens": n_tokens, "dtype": args.dtype, "rows": {}, "max_abs_diff_vs_a": diffs,
+              "best_of_n": bon}
     for name, (secs, peak) in rows.items():
         print(f"{name:<72} {args.traces / secs:>9.2f} {n_tokens / secs:>10.0f} {base / secs:>6.2f}x {peak / 2**30:>7.2f}GB")
         result["rows"][name] = {"seconds": secs, "traces_per_s": args.traces / secs, "speedup_vs_a": base / secs, "peak_rss_bytes": peak}

@@ -8,7 +8,7 @@ backend scores exactly the positions the trainer trained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from metastone.sprm import StepSpec, aggregate_list, step_positions
@@ -21,6 +21,9 @@ class TraceScore:
     value: float
     step_scores: list[float]
     positions: list[int]
+    # tokens the backend ran through the model for this trace (fewer than its length where a cached or
+    # shared prefix was reused); None where the backend does not say. Not part of the ``/score`` contract.
+    computed_tokens: int | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict:
         return {"value": self.value, "all_scores": self.step_scores, "score_positions": self.positions}

@@ -88,3 +88,57 @@ def test_bad_inputs(tiny_model_dir, tmp_path):
         torch.save({"0.weight": torch.zeros(16, 8), "0.bias": torch.zeros(16), "3.weight": torch.zeros(1, 16),
                     "3.bias": torch.zeros(1)}, tmp_path / "score_module.pt")
         HFScorer(tiny_model_dir, head_path=tmp_path)
+
+
+def _close(a, b, tol=1e-5):
+    assert [x.positions for x in a] == [y.positions for y in b]
+    for x, y in zip(a, b):
+        assert y.step_scores == pytest.approx(x.step_scores, abs=tol)
+        assert y.value == pytest.approx(x.value, abs=tol)
+
+
+def test_shared_prompt_equals_full_prefill(tiny_model_dir):
+    """Best-of-N: drafts of one prompt run the prompt once; scores equal the full prefill's."""
+    full = HFScorer(tiny_model_dir, share_prefix=False)
+    p = full.encode(PROMPT)
+    drafts = [RESPONSE, "A.\n\nB.\n\n</think>\n5", "We add.\n\n", "We add two and three.\n\nCheck.\n\n"]
+    seqs = [p + full.encode(r) for r in drafts] + [full.encode("no think. x.\n\nhere.\n\n")]
+    lens = [len(p)] * len(drafts) + [0]
+    p2 = full.encode("<|im_start|>user\nAnd 7+8, a longer question?<|im_end|>\n<|im_start|>assistant\n<think>\n")
+    seqs += [p2 + full.encode(r) for r in drafts[:2]]  # a second prompt of another length: bases padded in one batch
+    lens += [len(p2)] * 2
+    want = full.score_ids(seqs, lens)
+    for kw in ({}, {"max_batch_tokens": 40}, {"prefix_cache_mib": 4}):
+        shared = HFScorer(tiny_model_dir, **kw)
+        got = shared.score_ids(seqs, lens)
+        _close(want, got)
+        # the prompt ran once: each draft computed only its own tokens
+        assert [g.computed_tokens for g in got] == [len(s) - n for s, n in zip(seqs, lens)]
+        assert shared.stats["computed_tokens"] == sum(len(s) - n for s, n in zip(seqs, lens)) + len(p) + len(p2)
+
+
+def test_prefix_cache_extends_a_parent(tiny_model_dir):
+    """Search: a child path scored after its parent runs only its new step; scores equal the full prefill's."""
+    full = HFScorer(tiny_model_dir, share_prefix=False)
+    cached = HFScorer(tiny_model_dir, prefix_cache_mib=4)
+    p = full.encode(PROMPT)
+    steps = [full.encode(x) for x in ("We add two and three.\n\n", "Check: five.\n\n", "So five.\n\n", "</think>\n5")]
+    path = list(p)
+    for step in steps:
+        path = path + step
+        want = full.score_ids([path], [len(p)])
+        got = cached.score_ids([path], [len(p)])
+        _close(want, got)
+        assert got[0].computed_tokens == (len(path) if step is steps[0] else len(step))
+    again = cached.score_ids([path], [len(p)])  # all cached: nothing runs
+    _close(want, again)
+    assert again[0].computed_tokens == 0
+
+
+def test_prefix_cache_is_bounded(tiny_model_dir):
+    scorer = HFScorer(tiny_model_dir, prefix_cache_mib=0.1)
+    seqs = [scorer.encode(PROMPT + "x" * k + RESPONSE) for k in range(1, 30)]
+    scorer.score_ids(seqs)
+    assert 0 < scorer.prefix_cache.bytes <= 0.1 * 2**20 and 0 < len(scorer.prefix_cache) < len(seqs)
+    with pytest.raises(ValueError, match="prefix_cache_mib"):
+        HFScorer(tiny_model_dir, prefix_cache_mib=-1)
