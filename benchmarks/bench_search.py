@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--c_uct", type=float, default=None, help="MCTS exploration (default: MCTSConfig's)")
     p.add_argument("--concurrency", type=int, default=16,
                    help="questions searched side by side (their requests share engine batches; results do not depend on it)")
+    p.add_argument("--prefix_cache_mib", type=float, default=512,
+                   help="HF backend: LRU of prefix KV caches, so a node's scoring runs only its new step (0 = off)")
     p.add_argument("--out", default="results/bench_search", help="folder for search_bench.json and the plot")
     return p.parse_args(argv)
 
@@ -65,7 +67,7 @@ def engines(args, model: Path, head: Path):
         from metastone.serve.hf_backend import HFScorer
 
         return LocalGenerator("hf", model, dtype=args.dtype, device="cpu"), \
-            LocalScorer(HFScorer(model, head_path=head, dtype=args.dtype))
+            LocalScorer(HFScorer(model, head_path=head, dtype=args.dtype, prefix_cache_mib=args.prefix_cache_mib))
     import torch
 
     from metastone.serve.vllm_scorer import VLLMScorer
@@ -217,12 +219,17 @@ async def run_bench(args) -> dict:
                 ok = bool(res.token_ids and grade(res.token_ids, res.finish_reason, res.stop_reason, ex))
                 per_question.append({"id": ex.id, "correct": ok, "tokens": res.stats.tokens_generated,
                                      "nodes": res.stats.nodes_expanded, "node": res.node, "finished": res.finished,
-                                     "stopped_by": res.stats.stopped_by})
+                                     "stopped_by": res.stats.stopped_by, "score_tokens": res.stats.score_tokens,
+                                     "path_tokens": res.stats.score_path_tokens})
             n = len(questions)
+            scored = max(1, sum(q["nodes"] for q in per_question))
             save({"strategy": name, "budget": b, "accuracy": sum(q["correct"] for q in per_question) / n,
                   "tokens": sum(q["tokens"] for q in per_question) / n,
                   "nodes": sum(q["nodes"] for q in per_question) / n, "seconds": secs,
-                  "finished": sum(bool(q["finished"]) for q in per_question) / n, "per_question": per_question})
+                  "finished": sum(bool(q["finished"]) for q in per_question) / n,
+                  "score_tokens_per_node": sum(q["score_tokens"] for q in per_question) / scored,
+                  "path_tokens_per_node": sum(q["path_tokens"] for q in per_question) / scored,
+                  "per_question": per_question})
     finally:
         await generator.close()
         await scorer.close()
@@ -232,11 +239,15 @@ async def run_bench(args) -> dict:
 
 def print_table(report: dict) -> None:
     print(f"{report['task']}: {report['questions']} questions, model {report['model']}, separators {report['separator_ids']}")
-    print(f"{'strategy':<8} {'budget':>7} {'accuracy':>9} {'tokens/q':>9} {'nodes/q':>8} {'finished':>9} {'s/q':>7}")
+    print(f"{'strategy':<8} {'budget':>7} {'accuracy':>9} {'tokens/q':>9} {'nodes/q':>8} {'finished':>9} {'s/q':>7} "
+          f"{'scored tok/node':>15} {'path tok/node':>13}")
     for r in report["rows"]:
         done = f"{r['finished']:.2f}" if "finished" in r else "all"
+        # scored tok/node: tokens the scorer ran per new node; path tok/node: prompt + path (a full prefill)
+        st = f"{r['score_tokens_per_node']:.1f}" if "score_tokens_per_node" in r else "-"
+        pt = f"{r['path_tokens_per_node']:.1f}" if "path_tokens_per_node" in r else "-"
         print(f"{r['strategy']:<8} {r['budget']:>7} {r['accuracy']:>9.3f} {r['tokens']:>9.1f} {r['nodes']:>8.1f} "
-              f"{done:>9} {r['seconds']:>7.2f}")
+              f"{done:>9} {r['seconds']:>7.2f} {st:>15} {pt:>13}")
 
 
 def plot(report: dict, path: Path) -> None:

@@ -175,6 +175,9 @@ class SearchStats:
     tokens_generated: int = 0
     generate_calls: int = 0
     score_calls: int = 0
+    score_tokens: int = 0  # tokens the scorer ran through its model for the new nodes (its own count where it
+    #                        reports one, e.g. HFScorer with a prefix cache: only each node's new step)
+    score_path_tokens: int = 0  # tokens of the scored sequences (prompt + path): what a full prefill costs
     max_depth: int = 0  # deepest node reached
     iterations: int = 0
     stopped_by: str = "done"  # done | tokens | time | depth | iterations
@@ -355,6 +358,10 @@ class StepExpander:
                               response_len=length, terminal=terminal))
         scores = await self._score([q.prompt_ids + n.response_ids() for n in nodes], [len(q.prompt_ids)] * len(nodes))
         for node, sc in zip(nodes, scores):
+            length = len(q.prompt_ids) + node.response_len
+            computed = getattr(sc, "computed_tokens", None)
+            self.stats.score_path_tokens += length
+            self.stats.score_tokens += length if computed is None else computed
             node.step_scores, node.positions = list(sc.step_scores), list(sc.positions)
             node.value = aggregate_list(node.step_scores, self.cfg.aggregation)
             node.parent.children.append(node)
