@@ -325,6 +325,7 @@ class HFScorer:
         n = len(seqs)
         cache = self.prefix_cache
         bases: list[_Prefix | None] = [cache.lookup(s) for s in seqs] if cache is not None else [None] * n
+        shared_cost: list[tuple[int, list[int]]] = []
         if self.share_prefix:
             # sequences with the same prompt: their longest common prefix runs once (all such prefixes
             # of this call in one batched forward), then each sequence continues from it
@@ -346,12 +347,16 @@ class HFScorer:
                 for (ids, members), base, (_, ran, entry) in zip(shared, pre_bases, got):
                     self.stats["computed_tokens"] += ran
                     prefix = entry if entry is not None else base
-                    for m in members:
-                        if bases[m] is None or len(bases[m]) < len(ids):
-                            bases[m] = prefix
+                    users = [m for m in members if bases[m] is None or len(bases[m]) < len(ids)]
+                    for m in users:
+                        bases[m] = prefix
+                    shared_cost.append((ran, users))
         got = self._run_tails(bases, seqs, keep=cache is not None)
-        computed = [ran for _, ran, _ in got]
+        computed = [float(ran) for _, ran, _ in got]
         self.stats["computed_tokens"] += sum(computed)
+        for ran, members in shared_cost:  # a shared prefix's tokens are split evenly among the sequences using it
+            for m in members:
+                computed[m] += ran / len(members)
         rows, where = [], []
         for i, s in enumerate(seqs):
             pos = step_positions(s, prompt_lens[i], self.spec)

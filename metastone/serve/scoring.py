@@ -22,8 +22,9 @@ class TraceScore:
     step_scores: list[float]
     positions: list[int]
     # tokens the backend ran through the model for this trace (fewer than its length where a cached or
-    # shared prefix was reused); None where the backend does not say. Not part of the ``/score`` contract.
-    computed_tokens: int | None = field(default=None, compare=False)
+    # shared prefix was reused; a prefix shared within the call is split evenly among its users); None
+    # where the backend does not say. Not part of the ``/score`` contract.
+    computed_tokens: float | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict:
         return {"value": self.value, "all_scores": self.step_scores, "score_positions": self.positions}
