@@ -93,6 +93,11 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        self._items.clear()
+        self._lengths.clear()
+        self.bytes = 0
+
     def lookup(self, ids: Sequence[int]) -> _Prefix | None:
         lengths = sorted((n for n in self._lengths if n <= len(ids)), reverse=True)
         if lengths:
