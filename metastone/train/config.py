@@ -149,3 +149,15 @@ class SPRMTrainConfig:
             hidden_size=hidden_size, feature_layer=self.feature_layer, separators=self.separators,
             think_tokens=self.think_tokens, aggregation=self.aggregation, dropout=self.dropout,
         )
+
+
+def show_metastone_info_logs() -> None:
+    """INFO for metastone's loggers in a verl worker process (verl sets the root logger to WARNING).
+
+    metastone's progress lines (head init, checkpoint digests, rollout weight syncs) are INFO;
+    ``METASTONE_LOGGING_LEVEL=WARNING`` silences them.
+    """
+    import logging
+    import os
+
+    logging.getLogger("metastone").setLevel(os.environ.get("METASTONE_LOGGING_LEVEL", "INFO"))

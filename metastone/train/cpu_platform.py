@@ -4,15 +4,15 @@ verl asks one object, ``verl.plugin.platform.get_platform()``, for everything de
 the torch device name and module, the collective backend, the Ray resource to reserve. It ships
 ``nvidia``, ``huawei`` and ``amd`` and falls back to ``nvidia`` when none is found. This module adds
 ``cpu``; it is selected with ``VERL_PLATFORM=cpu`` (never auto-detected, so a GPU cluster is
-unaffected). ``metastone.train.cpu_runtime_env`` sets that variable, and makes every Ray process
-import this module (``VERL_USE_EXTERNAL_MODULES``), when ``trainer.device=cpu``.
+unaffected). ``prepare_cpu_run`` (called by ``python -m metastone.train`` when ``trainer.device=cpu``)
+sets that variable and makes every Ray process import this module (``VERL_USE_EXTERNAL_MODULES``).
 
 Choices, each the smallest that lets verl's unchanged code run on CPU:
 
 - Ray resource: the logical ``GPU`` resource, one slot per training process. verl's resource pools
   reserve and count ``GPU``; a CPU run starts Ray with ``num_gpus`` = the number of training
-  processes (``ray_kwargs.ray_init.num_gpus`` in ``configs/preset/cpu_tiny.yaml``). Ray does not
-  need real GPUs for a logical count.
+  processes (``prepare_cpu_run`` sets ``ray_kwargs.ray_init.num_gpus``). Ray does not need real GPUs
+  for a logical count.
 - Collective backend: gloo. verl's default backend string would read ``cpu:gloo,cpu:gloo``
   (rejected by torch), so ``SPRMActorRolloutRefWorker`` opens the gloo group itself on this
   platform before verl would (``open_cpu_process_group``).
@@ -64,8 +64,7 @@ def _noop(*_args, **_kwargs) -> None:
 def make_device_module() -> types.ModuleType:
     """``torch.cpu`` with the extra ``torch.cuda``-style calls verl makes through ``get_torch_device()``."""
     module = types.ModuleType("metastone_cpu_device")
-    for name in ("current_device", "device_count", "is_available", "synchronize", "current_stream", "stream",
-                 "Stream", "Event", "set_device", "StreamContext"):
+    for name in ("current_stream", "stream", "Stream", "Event", "StreamContext"):
         if hasattr(torch.cpu, name):
             setattr(module, name, getattr(torch.cpu, name))
     module.is_available = lambda: True

@@ -33,6 +33,8 @@ from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, RolloutReplicaRegistry, TokenOutput
 
+from metastone.train.config import show_metastone_info_logs
+
 logger = logging.getLogger(__name__)
 
 ROLLOUT_NAME = "hf"
@@ -63,7 +65,7 @@ class HFRolloutServer:
     def __init__(self, config, model_config, replica_rank: int) -> None:
         from transformers import AutoModelForCausalLM
 
-        logging.getLogger("metastone").setLevel(os.environ.get("METASTONE_LOGGING_LEVEL", "INFO"))
+        show_metastone_info_logs()
         self.config, self.replica_rank = config, replica_rank
         path = getattr(model_config, "local_path", None) or model_config.path
         dtype = getattr(torch, str(config.dtype).replace("torch.", ""), torch.float32)

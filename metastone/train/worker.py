@@ -9,13 +9,12 @@ The loss function stays verl's ``ppo_loss``; the engine adds the SPR term inside
 from __future__ import annotations
 
 import logging
-import os
 
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from metastone.train import hf_rollout  # noqa: F401  (registers rollout.name=hf in this worker)
-from metastone.train.config import SPRMTrainConfig
+from metastone.train.config import SPRMTrainConfig, show_metastone_info_logs
 from metastone.train.cpu_platform import is_cpu_platform, open_cpu_process_group
 from metastone.train.engine import MODEL_TYPE, SPRMEngine
 
@@ -27,9 +26,7 @@ class SPRMActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self):
-        # verl sets the root logger to WARNING; metastone's own progress lines (head init, checkpoint
-        # digests) are INFO. METASTONE_LOGGING_LEVEL=WARNING silences them.
-        logging.getLogger("metastone").setLevel(os.environ.get("METASTONE_LOGGING_LEVEL", "INFO"))
+        show_metastone_info_logs()
         if is_cpu_platform():
             open_cpu_process_group()  # before verl's, whose backend string would name cpu twice
         super().init_model()
