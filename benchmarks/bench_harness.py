@@ -56,7 +56,7 @@ async def main_async(args) -> None:
     from transformers import AutoTokenizer
 
     from metastone.eval.tasks import load_task
-    from metastone.harness.engines import LocalGenerator, LocalScorer
+    from metastone.engines import LocalGenerator, LocalScorer
     from metastone.harness.records import RecordStore
     from metastone.harness.runner import RunConfig, pending_requests, run
     from metastone.serve.vllm_scorer import VLLMScorer

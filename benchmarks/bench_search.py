@@ -61,7 +61,7 @@ def parse_args(argv=None):
 
 
 def engines(args, model: Path, head: Path):
-    from metastone.harness.engines import LocalGenerator, LocalScorer
+    from metastone.engines import LocalGenerator, LocalScorer
 
     if args.backend == "hf":
         from metastone.serve.hf_backend import HFScorer

@@ -114,37 +114,15 @@ def make_parser(subparsers):
     return p
 
 
-def _engines(args):
-    from metastone.harness.engines import LocalGenerator, LocalScorer, ServerGenerator, ServerScorer
+def engine_config(args):
+    """The engines the flags ask for (``metastone.engines.make_engines``)."""
+    from metastone.engines import EngineConfig
 
-    backend = args.backend or ("server" if args.response_api_url or args.score_api_url else None)
-    if backend is None:
-        raise ValueError("give --response_api_url and --score_api_url (servers), or --backend vllm|hf (in-process).")
-    if backend == "server":
-        if not args.response_api_url or not args.score_api_url:
-            raise ValueError("--backend server needs both --response_api_url (policy URLs) and --score_api_url.")
-        urls = [u for u in args.response_api_url.split(",") if u.strip()]
-        return backend, ServerGenerator(urls, args.model_dir, api_key=args.api_key), ServerScorer(args.score_api_url, api_key=args.api_key), len(urls)
-    if backend == "hf":
-        import torch
-
-        from metastone.serve.hf_backend import HFScorer
-
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        head = {"head_path": args.head_path} if getattr(args, "head_path", None) else {}
-        return backend, LocalGenerator("hf", args.model_dir, dtype=args.dtype, device=device), \
-            LocalScorer(HFScorer(args.model_dir, device=device, dtype=args.dtype, **head)), 1
-    from metastone.serve.vllm_scorer import VLLMScorer
-
-    kw = {"max_model_len": args.max_model_len} if args.max_model_len else {}
-    import torch
-
-    if torch.cuda.is_available():
-        kw["gpu_memory_utilization"] = args.gpu_memory_utilization
-    head = {"head_path": args.head_path} if getattr(args, "head_path", None) else {}
-    kv = {"kv_cache_gib": getattr(args, "kv_cache_gib", None)}  # per engine, CPU only
-    return backend, LocalGenerator("vllm", args.model_dir, dtype=args.dtype, enforce_eager=not torch.cuda.is_available(), **kw, **kv), \
-        LocalScorer(VLLMScorer(args.model_dir, dtype=args.dtype, **kw, **kv, **head)), 1
+    return EngineConfig(model_dir=args.model_dir, backend=args.backend,
+                        response_api_urls=tuple(args.response_api_url.split(",")) if args.response_api_url else (),
+                        score_api_url=args.score_api_url, api_key=args.api_key, dtype=args.dtype, device=args.device,
+                        max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                        kv_cache_gib=getattr(args, "kv_cache_gib", None), head_path=getattr(args, "head_path", None))
 
 
 async def _main(args) -> int:
@@ -169,8 +147,10 @@ async def _main(args) -> int:
             raise ValueError(f"{exc} Search cuts steps at the SPRM head's separators: pass --head_path (a head "
                              "folder with sprm_config.json, or score_module.pt for the paper's '.\\n\\n').") from None
         search = search_options(args, stop, spec.separator_ids)
-    backend, generator, scorer, n_urls = _engines(args)
-    local = backend != "server"
+    from metastone.engines import make_engines
+
+    engines = make_engines(engine_config(args))
+    local = engines.backend != "server"
     cfg = RunConfig(
         task=args.task, output_file=args.output_file, drafts_per_question=args.n_samples * args.branch,
         model=str(args.model_dir).rstrip("/").split("/")[-1], input_file=task.source,
@@ -178,7 +158,7 @@ async def _main(args) -> int:
         seed=args.seed, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, stop=stop, chat_template=chat,
         total_parts=args.total_parts, part=args.part, batch_size=args.batch_size or (16 if local else 8),
-        workers=args.workers or ((1 if search is None else 8) if local else 2 * n_urls), max_retries=args.max_retries, group_by_question=local,
+        workers=args.workers or ((1 if search is None else 8) if local else 2 * engines.n_urls), max_retries=args.max_retries, group_by_question=local,
         **({"strategy": args.strategy, "search": search} if search else {}),
     )
     check_or_save_config(cfg)
@@ -189,13 +169,17 @@ async def _main(args) -> int:
     try:
         with RecordStore(args.output_file) as store:
             before = len(store)
-            runner = run if search is None else run_search_questions
-            stats = await runner(cfg, task, tokenizer, generator, scorer, store, progress)
+            if search is None:
+                stats = await run(cfg, task, tokenizer, engines.generator, engines.scorer, store, progress)
+            else:
+                from metastone.search import record_searcher
+
+                searcher = record_searcher(cfg.strategy, cfg.search, engines.generator, engines.scorer, tokenizer, stop)
+                stats = await run_search_questions(cfg, task, tokenizer, searcher, store, progress)
             total = len(store)
     finally:
         progress.close()
-        await generator.close()
-        await scorer.close()
+        await engines.close()
         task.close()
     logger.info("%s: %d drafts written this run, %d in total (%d were already done)", args.output_file, stats.drafts_done, total, before)
     if stats.failures:

@@ -91,7 +91,7 @@ def is_heldout(seed: int, question_id: str, frac: float) -> bool:
 def sample_drafts(cfg: FitConfig, task, tokenizer, out: Path, progress: bool) -> None:
     from tqdm import tqdm
 
-    from metastone.harness.engines import LocalGenerator
+    from metastone.engines import LocalGenerator
     from metastone.harness.records import RecordStore
     from metastone.harness.runner import RunConfig, file_sha256, pending_requests, run
     from metastone.harness.runner import check_or_save_config as check_run

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from metastone.harness.engines import DraftRequest, Sampling
+from metastone.engines import DraftRequest, Sampling
 from metastone.harness.records import RecordStore, record_key
 
 logger = logging.getLogger(__name__)
@@ -247,8 +247,7 @@ def _questions_done(cfg: RunConfig, task, store: RecordStore) -> str:
     return f"{done}/{len(qs)}"
 
 
-async def run_search_questions(cfg: RunConfig, task, tokenizer, generator, scorer, store: RecordStore,
-                               progress=None) -> RunStats:
+async def run_search_questions(cfg: RunConfig, task, tokenizer, searcher, store: RecordStore, progress=None) -> RunStats:
     """SPRM-guided search (``cfg.strategy`` beam | mcts): one record per question, key ``(task, question, 0)``.
 
     A question is searched from scratch unless its record exists, and its record is written only when
@@ -256,12 +255,10 @@ async def run_search_questions(cfg: RunConfig, task, tokenizer, generator, score
     requests do not depend on other questions: same contents as an uninterrupted run). The record is a
     draft record (the metrics read ``response`` / ``score``: pass@1 is the chosen answer's accuracy)
     plus ``strategy``, ``node``, ``finished``, ``candidates`` and the tree statistics ``search``.
-    """
-    from metastone.search import SearchError, make_config, run_search, trace_text
-    from metastone.search.common import Question
 
-    options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (cfg.search or {}).items() if k != "strategy"}
-    scfg = make_config(cfg.strategy, **options)
+    ``await searcher(question_id, prompt, prompt_ids)`` searches one question and returns those fields
+    (``metastone.search.record_searcher``: the harness does not import the search strategies).
+    """
     stats = RunStats()
     todo = [ex for ex in my_questions(list(task), cfg.total_parts, cfg.part) if record_key(cfg.task, ex.id, 0) not in store]
     if progress is not None:
@@ -273,27 +270,23 @@ async def run_search_questions(cfg: RunConfig, task, tokenizer, generator, score
         async with gate:
             prompt, ids = build_prompt(tokenizer, task.prompt(ex), cfg.chat_template)
             try:
-                res = await run_search(Question(ex.id, ids, prompt), generator, scorer, scfg)
+                found = await searcher(ex.id, prompt, ids)
             except Exception as exc:  # noqa: BLE001 - one question's failure is listed; a rerun retries it
-                if not isinstance(exc, SearchError):
-                    logger.warning("question %s: search failed: %r", ex.id, exc)
                 stats.failures.append(f"{record_key(cfg.task, ex.id, 0)}: {exc}")
                 return
+            trace = {k: found[k] for k in ("response", "token_ids", "finish_reason", "score", "step_scores", "score_positions")}
+            tree = {k: found[k] for k in ("strategy", "node", "finished", "depth", "search", "candidates")}
             store.append({
                 "key": record_key(cfg.task, ex.id, 0), "task": cfg.task, "question_id": ex.id, "draft": 0, "seed": cfg.seed,
-                "prompt": prompt, "prompt_len": len(ids), "response": trace_text(tokenizer, res.token_ids, cfg.stop, res.finish_reason, res.stop_reason),
-                "token_ids": res.token_ids, "finish_reason": res.finish_reason, "score": res.score,
-                "step_scores": res.step_scores, "score_positions": res.positions, "answer": ex.answer,
-                "strategy": cfg.strategy, "node": res.node, "finished": res.finished, "depth": res.depth,
-                "search": res.stats.as_dict(), "candidates": res.candidates,
-                "timings": {"search_s": res.stats.wall_s}, "run_id": run_id,
+                "prompt": prompt, "prompt_len": len(ids), **trace, "answer": ex.answer, **tree,
+                "timings": found["timings"], "run_id": run_id,
             })
             stats.drafts_done += 1
-            stats.tokens += res.stats.tokens_generated
+            stats.tokens += found["search"]["tokens_generated"]
             if progress is not None:
                 elapsed = max(time.monotonic() - stats.started, 1e-9)
                 progress.update(1)
-                progress.set_postfix(tok_s=f"{stats.tokens / elapsed:.0f}", nodes=res.stats.nodes_expanded)
+                progress.set_postfix(tok_s=f"{stats.tokens / elapsed:.0f}", nodes=found["search"]["nodes_expanded"])
 
     await asyncio.gather(*(one(ex) for ex in todo))
     return stats

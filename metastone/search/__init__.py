@@ -1,7 +1,7 @@
 """SPRM-guided search: Best-of-N, step-level beam search and MCTS behind one interface.
 
 Every strategy is ``async def search(question, policy, scorer, cfg) -> SearchResult`` over the
-harness's async clients (``metastone.harness.engines``) and takes its own validated config::
+async engine clients (``metastone.engines``) and takes its own validated config::
 
     from metastone.search import BeamSearchConfig, Question, run_search, step_spec_for
     spec = step_spec_for(tokenizer, head_dir)            # the SPRM separators, from sprm_config.json
@@ -14,6 +14,7 @@ harness's async clients (``metastone.harness.engines``) and takes its own valida
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from metastone.search import beam, best_of_n, mcts
@@ -21,6 +22,8 @@ from metastone.search.beam import BeamSearchConfig
 from metastone.search.best_of_n import BestOfNConfig
 from metastone.search.common import Node, Question, SearchConfig, SearchError, SearchResult, SearchStats, node_seed
 from metastone.search.mcts import MCTSConfig
+
+logger = logging.getLogger(__name__)
 
 # strategy name -> (config class, search function)
 STRATEGIES = {
@@ -47,6 +50,29 @@ async def run_search(question: Question, policy, scorer, cfg: SearchConfig) -> S
         if type(cfg) is cls:
             return await fn(question, policy, scorer, cfg)
     raise TypeError(f"no strategy takes a {type(cfg).__name__}; use one of {[c.__name__ for c, _ in STRATEGIES.values()]}.")
+
+
+def record_searcher(strategy: str, options: dict, policy, scorer, tokenizer, stop=()):
+    """``await searcher(question_id, prompt, prompt_ids)`` -> the fields of the question's record (the chosen
+    trace, its score and the tree statistics), for the harness's per-question runs
+    (``metastone.harness.runner.run_search_questions``). ``options`` are a saved ``SearchConfig.options()``."""
+    options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in options.items() if k != "strategy"}
+    cfg = make_config(strategy, **options)
+
+    async def searcher(question_id: str, prompt: str, prompt_ids: list[int]) -> dict:
+        try:
+            res = await run_search(Question(question_id, prompt_ids, prompt), policy, scorer, cfg)
+        except Exception as exc:
+            if not isinstance(exc, SearchError):
+                logger.warning("question %s: search failed: %r", question_id, exc)
+            raise
+        return {"response": trace_text(tokenizer, res.token_ids, stop, res.finish_reason, res.stop_reason),
+                "token_ids": res.token_ids, "finish_reason": res.finish_reason, "score": res.score,
+                "step_scores": res.step_scores, "score_positions": res.positions, "strategy": strategy, "node": res.node,
+                "finished": res.finished, "depth": res.depth, "search": res.stats.as_dict(),
+                "candidates": res.candidates, "timings": {"search_s": res.stats.wall_s}}
+
+    return searcher
 
 
 def sprm_config_for(head_path: str | Path):
@@ -87,4 +113,5 @@ def trace_text(tokenizer, token_ids, stop=(), finish_reason: str | None = None, 
 __all__ = [
     "STRATEGIES", "BestOfNConfig", "BeamSearchConfig", "MCTSConfig", "SearchConfig", "Question", "Node", "SearchResult",
     "SearchStats", "SearchError", "node_seed", "make_config", "run_search", "step_spec_for", "sprm_config_for", "trace_text",
+    "record_searcher",
 ]

@@ -1,7 +1,7 @@
 """What every search strategy shares: the question, the tree node, the result, the budgets and the expander.
 
-A strategy is ``async def search(question, policy, scorer, cfg) -> SearchResult`` over the harness's
-async clients (``metastone.harness.engines``: ``policy.generate(requests, sampling)`` and
+A strategy is ``async def search(question, policy, scorer, cfg) -> SearchResult`` over the
+async engine clients (``metastone.engines``: ``policy.generate(requests, sampling)`` and
 ``scorer.score(sequences, prompt_lens)``). Tree strategies never talk to them directly: they ask a
 ``StepExpander`` for children of nodes, which
 
@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Sequence
 
-from metastone.harness.engines import DraftRequest, GenResult, Sampling
+from metastone.engines import DraftRequest, GenResult, Sampling
 from metastone.sprm import aggregate_list
 from metastone.sprm.aggregate import AGGREGATIONS
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from metastone.eval.tasks import Example
-from metastone.harness.engines import GenResult
+from metastone.engines import GenResult
 from metastone.harness.records import RecordStore
 from metastone.harness.runner import RunConfig, run
 from metastone.serve.scoring import TraceScore

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from metastone.harness.engines import GenResult
+from metastone.engines import GenResult
 from metastone.harness.runner import draft_seed
 from metastone.search import (BeamSearchConfig, BestOfNConfig, MCTSConfig, Question, make_config, node_seed,
                               run_search)

