@@ -121,6 +121,32 @@ def to_verl_rows(
     return rows
 
 
+# The agent loop for completion prompts (metastone.train.completion_loop), named here so that writing
+# data needs no verl import.
+COMPLETION_AGENT = "metastone_completion"
+
+
+def demo_rows(split: str, input_file: str | None = None, limit: int | None = None) -> list[dict]:
+    """verl rows for the CPU demo task, with the evaluation's own prompts and stop strings.
+
+    The demo is a few-shot completion task (``metastone.eval.tasks.Demo``: no chat template, drafts
+    end at a blank line), so each row names the completion agent loop and carries the stop strings.
+    """
+    from metastone.eval.tasks import Demo
+
+    task = Demo.load(input_file, split=split) if input_file else Demo.load(split=split)
+    examples = task.examples[:limit] if limit is not None else task.examples
+    return [{
+        "data_source": "demo",
+        "prompt": [{"role": "user", "content": ex.prompt}],
+        "agent_name": COMPLETION_AGENT,
+        "stop": list(Demo.stop),
+        "ability": "arithmetic",
+        "reward_model": {"style": "rule", "ground_truth": str(ex.answer)},
+        "extra_info": {"index": i, "split": split, "question_id": ex.id},
+    } for i, ex in enumerate(examples)]
+
+
 def write_parquet(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +159,10 @@ def make_parser(subparsers=None) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("prepare-data", **kwargs) if subparsers else argparse.ArgumentParser(
         prog="python -m metastone.data.prepare", **kwargs
     )
-    parser.add_argument("--input", required=True, nargs="+", help=".jsonl / .json / .csv / .parquet file(s)")
+    parser.add_argument("--input", nargs="+", help=".jsonl / .json / .csv / .parquet file(s) (not with --task)")
+    parser.add_argument("--task", choices=["demo"], default=None,
+                        help="write a bundled task's rows instead (demo: its completion prompts and stop strings; "
+                             "--input may name a file in its format, default its train split)")
     parser.add_argument("--output", required=True, help="training parquet to write")
     parser.add_argument("--val-output", default=None, help="also write a validation parquet split off the input")
     parser.add_argument("--val-size", type=int, default=0, help="rows moved to --val-output (random, --seed)")
@@ -148,6 +177,19 @@ def make_parser(subparsers=None) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task == "demo":
+        if args.input and len(args.input) > 1:
+            raise ValueError("--task demo takes at most one --input file (in the demo task's JSONL format).")
+        rows = demo_rows("train", args.input[0] if args.input else None, args.limit)
+        write_parquet(rows, args.output)
+        logger.info("wrote %d demo rows to %s", len(rows), args.output)
+        if args.val_output:
+            val = demo_rows("test", None, args.val_size or 8)
+            write_parquet(val, args.val_output)
+            logger.info("wrote %d demo test rows to %s", len(val), args.val_output)
+        return 0
+    if not args.input:
+        raise ValueError("--input is required (the problems file(s)), unless --task names a bundled task.")
     records = [r for path in args.input for r in read_records(path)]
     if args.limit is not None:
         records = records[: args.limit]

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         from metastone.train.cpu_platform import prepare_cpu_run
 
         add_ray_env_vars(cfg, prepare_cpu_run(cfg))
+    set_agent_loops(cfg)
     metrics_file = set_metrics_file(cfg)
     if metrics_file is not None:
         add_ray_env_vars(cfg, {"VERL_FILE_LOGGER_PATH": str(metrics_file)})
@@ -98,6 +99,18 @@ def add_ray_env_vars(cfg, env: dict[str, str]) -> None:
         if ray_init.runtime_env.get("env_vars") is None:
             ray_init.runtime_env.env_vars = {}
         ray_init.runtime_env.env_vars.update(env)
+
+
+def set_agent_loops(cfg) -> None:
+    """Register metastone's agent loops (``metastone/train/agent_loops.yaml``) unless the run names its own file."""
+    from omegaconf import OmegaConf, open_dict
+
+    from metastone.train.completion_loop import AGENT_LOOPS_FILE
+
+    if OmegaConf.select(cfg, "actor_rollout_ref.rollout.agent.agent_loop_config_path"):
+        return
+    with open_dict(cfg):
+        cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path = str(AGENT_LOOPS_FILE)
 
 
 def set_metrics_file(cfg) -> Path | None:

@@ -202,6 +202,11 @@ def prepare_cpu_run(cfg) -> dict[str, str]:
     those in every process, before anything asks for the platform) here, and returns them for the
     caller to put in the run's Ray runtime env. Gives Ray one logical GPU slot per training process
     unless ``ray_kwargs.ray_init.num_gpus`` says otherwise.
+
+    Also ``OMP_NUM_THREADS`` = this machine's usable cores divided among the training processes
+    (unless set): Ray gives an actor without whole CPUs one thread, so the trainer and the rollout
+    would each compute on one core. The sync trainer's phases (rollout, log-probs, update) run one
+    after another, so each phase gets the cores.
     """
     from omegaconf import open_dict
     from verl.plugin.platform import get_platform, set_platform
@@ -211,9 +216,12 @@ def prepare_cpu_run(cfg) -> dict[str, str]:
         modules.append(__name__)
     env = {"VERL_PLATFORM": PLATFORM_NAME, "VERL_USE_EXTERNAL_MODULES": ",".join(modules)}
     os.environ.update(env)
+    processes = int(cfg.trainer.n_gpus_per_node) * int(cfg.trainer.nnodes)
+    if "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // max(1, processes)))
     if get_platform().device_name != PLATFORM_NAME:  # detected before the variable was set
         set_platform(PlatformCPU())
-    slots = int(cfg.trainer.n_gpus_per_node) * int(cfg.trainer.nnodes)
+    slots = processes
     with open_dict(cfg):
         if cfg.ray_kwargs.ray_init.get("num_gpus") is None:
             cfg.ray_kwargs.ray_init.num_gpus = slots

@@ -32,10 +32,11 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 from metastone.sprm import OUTCOME_INVALID, resolve_step_spec, spr_loss, step_mask
+from metastone.sprm.aggregate import aggregate
 from metastone.sprm.features import backbone, layer_input_index
 from metastone.train.config import MODEL_TYPE, SECTION, SPRMTrainConfig
 from metastone.train.head_runtime import SPRMHeadRuntime
-from metastone.train.outcome import OUTCOME_KEY, outcome_from_batch
+from metastone.train.outcome import GROUP_KEY, OUTCOME_KEY, outcome_from_batch, rank_sums
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class SPRMEngine(FSDPEngineWithLMHead):
 
     sprm: SPRMHeadRuntime | None = None
     sprm_config: SPRMTrainConfig | None = None
+    # (prompt group, trajectory score, label) of the current mini-batch's trajectories, for the
+    # within-question ranking metrics (logged per mini-batch by train_batch)
+    _sprm_ranked: list | None = None
 
     def _build_module(self):
         # The parent builds the HF causal LM only for model_type "language_model".
@@ -218,6 +222,13 @@ class SPRMEngine(FSDPEngineWithLMHead):
         metrics["sprm/invalid_frac"] = float((outcome == OUTCOME_INVALID).float().mean())
         # 1 when this micro-batch had no trainer-written labels and fell back to the reward threshold
         metrics["sprm/label_fallback"] = float(OUTCOME_KEY not in data.keys())
+        if GROUP_KEY in data.keys():
+            valid = outcome != OUTCOME_INVALID
+            with torch.no_grad():
+                traj = aggregate(torch.sigmoid(step_logits.detach()), mask & valid[:, None], cfg.aggregation)
+            if self._sprm_ranked is None:
+                self._sprm_ranked = []
+            self._sprm_ranked.append((data[GROUP_KEY].reshape(-1).cpu(), traj.cpu(), outcome.cpu()))
         offsets = data["input_ids"].offsets()
         outputs = {
             "sprm_scores": torch.nested.nested_tensor_from_jagged(
@@ -255,11 +266,17 @@ class SPRMEngine(FSDPEngineWithLMHead):
         return lr
 
     def train_batch(self, data, loss_function: Callable):
+        self._sprm_ranked = []
         outputs = super().train_batch(data, loss_function)
+        ranked, self._sprm_ranked = self._sprm_ranked, None
         if self.sprm is not None and self.is_mp_src_rank_with_outputs():
             # lists, like the per-micro-batch metrics: verl's worker flattens every list it gathers
             outputs["metrics"]["sprm/head_grad_norm"] = [self.sprm.last_grad_norm]
             outputs["metrics"]["sprm/lr"] = [self.sprm.current_lr()]
+            if ranked:  # one entry per mini-batch; the trainer turns the sums into the step's AUROC and gap
+                groups, scores, labels = (torch.cat(parts) for parts in zip(*ranked))
+                for key, value in rank_sums(groups, scores, labels).items():
+                    outputs["metrics"][key] = [value]
         return outputs
 
     def to(self, device: str, model: bool = True, optimizer: bool = True, grad: bool = True):

@@ -15,7 +15,10 @@ fourth, selected with ``actor_rollout_ref.rollout.name=hf``, through verl's two 
 ``HFRolloutServer`` holds its own copy of the policy (loaded from ``model.path``, then replaced by
 the trainer's weights through verl's own weight-update path each step: ``update_weights`` of the
 hybrid worker calls ``HFRolloutAdapter.update_weights`` with the engine's full tensors). Requests
-that arrive together are generated as one left-padded batch per distinct sampling setting. It is
+that arrive together are generated as one left-padded batch per distinct sampling setting.
+Sampling settings as vLLM's: ``temperature`` (0 = greedy), ``top_p``, ``top_k``,
+``repetition_penalty``, ``logprobs``, ``stop`` (strings; the token that completes one ends the
+response and is kept, as in vLLM's ``token_ids``) and ``stop_token_ids``. It is
 slow next to vLLM and meant for CPU runs and tests; GPU runs keep ``rollout.name=vllm``.
 Only the hybrid mode (rollout beside the actor, the sync trainer's mode) is supported.
 """
@@ -48,6 +51,16 @@ def server_actor_name(replica_rank: int) -> str:
     return f"metastone_hf_rollout_{replica_rank}"
 
 
+def _stop_strings(value) -> tuple[str, ...]:
+    """vLLM's ``stop``: None, one string or a list of strings."""
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(v, str) and v for v in values):
+        raise ValueError(f"stop must be a non-empty string or a list of them, got {value!r}")
+    return tuple(values)
+
+
 def _sampling_key(params: dict[str, Any]) -> tuple:
     top_k = int(params.get("top_k", -1) or -1)
     return (
@@ -56,7 +69,21 @@ def _sampling_key(params: dict[str, Any]) -> tuple:
         top_k if top_k > 0 else 0,
         float(params.get("repetition_penalty", 1.0) or 1.0),
         bool(params.get("logprobs", False)),
+        _stop_strings(params.get("stop")),
+        tuple(sorted(int(t) for t in params.get("stop_token_ids") or ())),
     )
+
+
+def cut_at_stop(tokens: list[int], decode, stops: tuple[str, ...]) -> list[int]:
+    """``tokens`` up to and including the token whose text completes the first stop string (vLLM keeps
+    that token's id in ``token_ids``); all of ``tokens`` if no stop string occurs."""
+    if not stops:
+        return tokens
+    for j in range(len(tokens)):
+        text = decode(tokens[: j + 1])
+        if any(s in text for s in stops):
+            return tokens[: j + 1]
+    return tokens
 
 
 class HFRolloutServer:
@@ -71,6 +98,8 @@ class HFRolloutServer:
         dtype = getattr(torch, str(config.dtype).replace("torch.", ""), torch.float32)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
         self.model.eval()
+        self.tokenizer = None  # loaded on the first request with stop strings
+        self._path = path
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.model.config.eos_token_id
         self.eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
@@ -230,7 +259,7 @@ class HFRolloutServer:
 
     @torch.no_grad()
     def _generate_batch(self, key: tuple, requests: list[dict]) -> list[TokenOutput]:
-        temperature, top_p, top_k, repetition_penalty, want_logprobs = key
+        temperature, top_p, top_k, repetition_penalty, want_logprobs, stops, stop_ids = key
         width = max(len(r["prompt"]) for r in requests)
         ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(requests), width), dtype=torch.long)
@@ -243,24 +272,34 @@ class HFRolloutServer:
         sample = temperature > 0  # verl's greedy settings (validation with do_sample=false) send temperature 0
         kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if sample else dict(
             do_sample=False, temperature=None, top_p=None, top_k=None)
+        if stops:
+            if self.tokenizer is None:
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(self._path)
+            kwargs.update(stop_strings=list(stops), tokenizer=self.tokenizer)
+        enders = list(dict.fromkeys(self.eos_ids + list(stop_ids)))
         out = self.model.generate(
             input_ids=ids, attention_mask=attention, max_new_tokens=max(r["max_tokens"] for r in requests),
-            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, repetition_penalty=repetition_penalty,
+            eos_token_id=enders, pad_token_id=self.pad_id, repetition_penalty=repetition_penalty,
             return_dict_in_generate=True, output_logits=want_logprobs, use_cache=True, **kwargs,
         )
         new = out.sequences[:, width:]
         logprobs = None
         if want_logprobs:
-            raw = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+            # log-probs of the temperature-scaled distribution, as the actor computes them (logits / T)
+            raw = (torch.stack(out.logits, dim=1).float() / (temperature if sample else 1.0)).log_softmax(-1)
             logprobs = raw.gather(-1, new[:, : raw.shape[1], None]).squeeze(-1)
         results = []
-        eos = set(self.eos_ids)
+        eos = set(enders)
+        decode = (lambda t: self.tokenizer.decode(t, skip_special_tokens=False)) if stops else None
         for i, r in enumerate(requests):
             tokens = new[i, : r["max_tokens"]].tolist()
             for j, t in enumerate(tokens):
                 if t in eos:  # keep the stop token, as vLLM does; drop the padding after it
                     tokens = tokens[: j + 1]
                     break
+            tokens = cut_at_stop(tokens, decode, stops)
             results.append(TokenOutput(
                 token_ids=tokens,
                 log_probs=logprobs[i, : len(tokens)].tolist() if logprobs is not None else None,

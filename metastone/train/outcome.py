@@ -147,3 +147,57 @@ def outcome_from_batch(data, threshold: float = 0.5) -> torch.Tensor:
         logger.warning("batch has no '%s'; SPR labels fall back to rm_scores > %s.", OUTCOME_KEY, threshold)
         _warned_fallback = True
     return threshold_labels(per_sample_sum(data["rm_scores"]), threshold)
+
+
+GROUP_KEY = "sprm_group"
+# Per mini-batch sums the engine logs (lists, one entry per mini-batch and rank) and the trainer turns
+# into the step's ranking metrics; equal-length lists, so a ratio of their means is a ratio of sums.
+RANK_SUMS = ("sprm/rank_pairs", "sprm/rank_wins", "sprm/correct_sum", "sprm/correct_n", "sprm/wrong_sum", "sprm/wrong_n")
+
+
+def group_ids(uids: Sequence[Any]) -> torch.Tensor:
+    """``[B]`` int64: the index of each trajectory's prompt (its ``uid``) in order of first appearance."""
+    if hasattr(uids, "tolist"):
+        uids = uids.tolist()
+    index: dict[Any, int] = {}
+    keys = [str(getattr(u, "data", u)) for u in uids]  # NonTensorData from TransferQueue
+    return torch.tensor([index.setdefault(k, len(index)) for k in keys], dtype=torch.int64)
+
+
+def rank_sums(groups: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Within-question ranking sums of trajectory scores.
+
+    Over every (correct, wrong) pair of trajectories of the same prompt: ``rank_pairs`` (how many) and
+    ``rank_wins`` (how many the correct one outscores; ties count 1/2), so ``wins / pairs`` is the head's
+    within-question AUROC, the quantity Best-of-N selection depends on. Also the score sums and counts
+    of correct and wrong trajectories (for the score gap). Labels other than 1 / 0 are skipped.
+    """
+    groups, scores, labels = groups.reshape(-1), scores.reshape(-1).double(), labels.reshape(-1)
+    correct, wrong = labels == OUTCOME_CORRECT, labels == OUTCOME_WRONG
+    same = groups[:, None] == groups[None, :]
+    pair = same & correct[:, None] & wrong[None, :]
+    diff = scores[:, None] - scores[None, :]
+    wins = ((diff > 0).double() + 0.5 * (diff == 0).double())[pair].sum()
+    return {
+        "sprm/rank_pairs": float(pair.sum()),
+        "sprm/rank_wins": float(wins),
+        "sprm/correct_sum": float(scores[correct].sum()),
+        "sprm/correct_n": float(correct.sum()),
+        "sprm/wrong_sum": float(scores[wrong].sum()),
+        "sprm/wrong_n": float(wrong.sum()),
+    }
+
+
+def step_rank_metrics(metrics: dict, prefix: str = "actor/") -> dict[str, float]:
+    """The step's ``sprm/within_q_auroc`` and ``sprm/step_score_gap`` from the mean-reduced ``RANK_SUMS``.
+
+    Pops the sums from ``metrics``; a metric whose pairs (or classes) are absent this step is left out.
+    """
+    sums = {key: metrics.pop(prefix + key, None) for key in RANK_SUMS}
+    out = {}
+    if sums["sprm/rank_pairs"]:
+        out["sprm/within_q_auroc"] = sums["sprm/rank_wins"] / sums["sprm/rank_pairs"]
+        out["sprm/rank_pairs"] = sums["sprm/rank_pairs"]  # mean per mini-batch
+    if sums["sprm/correct_n"] and sums["sprm/wrong_n"]:
+        out["sprm/step_score_gap"] = sums["sprm/correct_sum"] / sums["sprm/correct_n"] - sums["sprm/wrong_sum"] / sums["sprm/wrong_n"]
+    return out

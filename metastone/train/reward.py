@@ -138,3 +138,38 @@ def compute_score(
         "truncated": float(truncated),
         "invalid": float(not outcome.valid),
     }
+
+
+def demo_compute_score(
+    data_source: str | None,
+    solution_str: str,
+    ground_truth,
+    extra_info: dict | None = None,
+    *,
+    correct_score: float = 1.0,
+    wrong_score: float = 0.0,
+    invalid_score: float = 0.0,
+    **_unused,
+) -> dict:
+    """verl custom reward function for the CPU demo task (``metastone.eval.demo_task``).
+
+    Graded exactly as the evaluation grades the task (``Demo.grade``: the number after the first "The
+    answer is"): correct / wrong, or invalid when the response was cut at the length limit or states
+    no answer. Same fields as ``compute_score``.
+    """
+    from metastone.eval.demo_task import parse_demo_answer
+
+    truncated = bool((extra_info or {}).get("truncated", False))
+    value = None if truncated else parse_demo_answer(solution_str)
+    if value is None:
+        label, score = OUTCOME_INVALID, invalid_score
+    else:
+        ok = any(str(value) == gt.replace(",", "") for gt in ground_truths(ground_truth))
+        label, score = (OUTCOME_CORRECT, correct_score) if ok else (OUTCOME_WRONG, wrong_score)
+    return {
+        "score": float(score),
+        "acc": float(label == OUTCOME_CORRECT),
+        "sprm_label": float(label),
+        "truncated": float(truncated),
+        "invalid": float(label == OUTCOME_INVALID),
+    }

@@ -1,12 +1,15 @@
 """verl V1 trainer and Ray task runner for GRPO + SPRM (``python -m metastone.train`` launches these).
 
-Two hooks on verl's synchronous V1 trainer, nothing re-implemented:
+Three hooks on verl's synchronous V1 trainer, nothing re-implemented:
 
 - ``_init_resource_pool_mgr``: verl hard-codes ``ray.remote(ActorRolloutRefWorker)``; we swap in
   ``SPRMActorRolloutRefWorker`` for the actor role (the ref worker is unchanged).
 - ``_compute_advantage``: before verl's GRPO advantages, read each trajectory's
   ``reward_extra_info["sprm_label"]``, apply ``actor_rollout_ref.sprm.invalid_outcome`` and write
-  ``sprm_outcome`` to TransferQueue, which the actor update then receives (``metastone.train.outcome``).
+  ``sprm_outcome`` (and ``sprm_group``, the prompt of each trajectory) to TransferQueue, which the
+  actor update then receives (``metastone.train.outcome``).
+- ``_update_actor``: after verl's update, the step's within-question AUROC and score gap of the
+  head (``sprm/within_q_auroc``, ``sprm/step_score_gap``) from the engine's per-mini-batch sums.
 
 Why not ``@register_trainer("sprm_sync")``: verl branches on ``trainer_mode == "sync"`` in several
 places (replay buffer class, TransferQueue checkpointing, exact refill), so a new mode name would
@@ -29,7 +32,7 @@ from verl.trainer.ppo.v1 import PPOTrainerSync
 
 from metastone.train import hf_rollout  # noqa: F401  (registers rollout.name=hf for the replicas)
 from metastone.train.config import SPRMTrainConfig
-from metastone.train.outcome import OUTCOME_KEY, per_sample_sum, spr_labels
+from metastone.train.outcome import GROUP_KEY, OUTCOME_KEY, group_ids, per_sample_sum, spr_labels, step_rank_metrics
 from metastone.train.worker import SPRMActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -50,12 +53,17 @@ class SPRMPPOTrainer(PPOTrainerSync):
         self._write_outcome_labels(batch, metrics)
         return super()._compute_advantage(batch, metrics)
 
+    def _update_actor(self, batch, metrics: dict):
+        batch = super()._update_actor(batch, metrics)
+        metrics.update(step_rank_metrics(metrics))
+        return batch
+
     def _write_outcome_labels(self, batch, metrics: dict) -> None:
         sprm = SPRMTrainConfig.from_mapping(self.config.actor_rollout_ref.get("sprm"))
         if not sprm.enable:
             return
         data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields", "rm_scores"]
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "extra_fields", "rm_scores"]
         )
         labels, label_metrics = spr_labels(
             list(data["extra_fields"]),
@@ -67,7 +75,10 @@ class SPRMPPOTrainer(PPOTrainerSync):
         tq.kv_batch_put(
             keys=batch.keys,
             partition_id=batch.partition_id,
-            fields=TensorDict({OUTCOME_KEY: labels.to(torch.float32)}, batch_size=len(batch.keys)),
+            fields=TensorDict(
+                {OUTCOME_KEY: labels.to(torch.float32), GROUP_KEY: group_ids(list(data["uid"]))},
+                batch_size=len(batch.keys),
+            ),
         )
         metrics.update(label_metrics)
 

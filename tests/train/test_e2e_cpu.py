@@ -85,6 +85,15 @@ def test_first_run_trains_policy_and_head_from_valid_labels(cpu_run):
     # both classes reached the SPR loss over the run (a random policy would give only invalid labels)
     assert sum(r["data"]["actor/sprm/num_correct"] for r in first) > 0
     assert sum(r["data"]["actor/sprm/num_wrong"] for r in first) > 0
+    # the prompt groups reached the engine: where a step had right and wrong rollouts of one prompt,
+    # the head's within-question AUROC was computed from them (the raw sums are folded into it)
+    for record in first:
+        m = record["data"]
+        assert not any(k.startswith("actor/sprm/rank_") or k.endswith("_sum") for k in m)
+        if m["actor/sprm/num_correct"] > 0 and m["actor/sprm/num_wrong"] > 0:
+            assert "sprm/step_score_gap" in m  # needs the sprm_group field the trainer writes
+        if m.get("sprm/rank_pairs"):
+            assert 0.0 <= m["sprm/within_q_auroc"] <= 1.0 and -1.0 <= m["sprm/step_score_gap"] <= 1.0
     heads = [load_file(str(cpu_run["ckpt"] / f"global_step_{s}/actor/sprm_head.safetensors")) for s in (1, 2)]
     assert any(not (heads[0][k] == heads[1][k]).all() for k in heads[0]), "the head did not change in step 2"
     # the rollout received the trainer's weights through verl's update path at every step

@@ -190,3 +190,23 @@ def test_packed_and_padded_batches_give_the_same_step_scores(engine, qwq_tokeniz
                                    results[False]["model_output"][key].values(), rtol=1e-4, atol=1e-5)
     assert results[True]["metrics"]["sprm/loss"] == pytest.approx(results[False]["metrics"]["sprm/loss"], rel=1e-4)
     assert results[True]["model_output"]["sprm_step_mask"].values().sum() > 0
+
+
+def test_prompt_groups_give_the_ranking_sums_of_the_mini_batch(engine, qwq_tokenizer, ppo_loss_fn):
+    from metastone.train.outcome import GROUP_KEY, rank_sums
+
+    batch = labelled_batch(qwq_tokenizer, micro_batch_size=1)  # labels correct, wrong, invalid
+    batch[GROUP_KEY] = torch.tensor([0, 0, 1])
+    engine._sprm_ranked = []  # what train_batch does before its forward/backward passes
+    gradients(engine, batch, ppo_loss_fn)
+    ranked, engine._sprm_ranked = engine._sprm_ranked, None
+    groups, scores, labels = (torch.cat(parts) for parts in zip(*ranked))
+    assert sorted(groups.tolist()) == [0, 0, 1] and len(ranked) == 3  # one record per micro-batch
+    sums = rank_sums(groups, scores, labels)
+    assert sums["sprm/rank_pairs"] == 1 and sums["sprm/rank_wins"] in (0.0, 0.5, 1.0)
+    assert sums["sprm/correct_n"] == 1 and sums["sprm/wrong_n"] == 1  # the invalid one is left out
+    # without the field (a batch from elsewhere) nothing is recorded
+    engine._sprm_ranked = []
+    gradients(engine, labelled_batch(qwq_tokenizer), ppo_loss_fn)
+    assert engine._sprm_ranked == []
+    engine._sprm_ranked = None

@@ -76,6 +76,34 @@ def test_stop_token_is_kept_and_nothing_after_it(server):
     assert asyncio.run(generate(server, PROMPTS[1], 10)).token_ids == [first]
 
 
+def test_stop_strings_end_the_response_at_the_token_that_completes_one(server):
+    from transformers import AutoTokenizer
+
+    from metastone.train.hf_rollout import cut_at_stop
+
+    free = asyncio.run(generate(server, PROMPTS[0], 8)).token_ids
+    assert len(free) >= 4
+    tok = AutoTokenizer.from_pretrained(server._path)
+    decode = lambda t: tok.decode(t, skip_special_tokens=False)  # noqa: E731
+    # a stop string that starts inside token 1 and ends inside token 2: the response ends with token 2
+    t1, t2 = decode(free[1:2]), decode(free[2:3])
+    stop = (t1[-1:] + t2[:1]) if t1 and t2 else t2
+    expected = cut_at_stop(free, decode, (stop,))
+    assert expected == free[: len(expected)] and stop in decode(expected) and stop not in decode(expected[:-1])
+    out = asyncio.run(generate(server, PROMPTS[0], 8, dict(GREEDY, stop=[stop, "never-generated"])))
+    assert out.token_ids == expected
+    assert cut_at_stop(free, decode, ()) == free
+    assert cut_at_stop(free, decode, ("never-generated",)) == free
+    with pytest.raises(ValueError, match="bad sampling_params"):
+        asyncio.run(generate(server, PROMPTS[0], 4, dict(GREEDY, stop=[""])))
+
+
+def test_stop_token_ids_end_the_response(server):
+    free = asyncio.run(generate(server, PROMPTS[1], 6)).token_ids
+    out = asyncio.run(generate(server, PROMPTS[1], 6, dict(GREEDY, stop_token_ids=[free[1]])))
+    assert out.token_ids == free[: free.index(free[1]) + 1]
+
+
 def test_logprobs_are_log_probabilities_of_the_sampled_tokens(server):
     out = asyncio.run(generate(server, PROMPTS[2], 4, dict(GREEDY, logprobs=True)))
     assert len(out.log_probs) == len(out.token_ids) and all(lp <= 0.0 for lp in out.log_probs)

@@ -63,3 +63,28 @@ def test_outcome_from_batch_prefers_explicit_labels():
     assert outcome_from_batch(data).tolist() == [-1.0, 0.0]
     with pytest.raises(ValueError, match="no outcome"):
         outcome_from_batch(TensorDict({}, batch_size=[2]))
+
+
+def test_rank_sums_count_within_question_pairs_only_with_ties_as_half():
+    from metastone.train.outcome import group_ids, rank_sums, step_rank_metrics
+
+    groups = group_ids(["a", "a", "a", "b", "b", "c"])
+    assert groups.tolist() == [0, 0, 0, 1, 1, 2]
+    scores = torch.tensor([0.9, 0.2, 0.5, 0.4, 0.4, 0.99])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])  # c: one wrong, no pair
+    sums = rank_sums(groups, scores, labels)
+    # a: correct 0.9 beats 0.2 and 0.5 (2 wins / 2 pairs); b: a tie (0.5 / 1); the cross-question 0.99 never counts
+    assert sums["sprm/rank_pairs"] == 3 and sums["sprm/rank_wins"] == 2.5
+    assert sums["sprm/correct_n"] == 2 and sums["sprm/wrong_n"] == 4
+    # invalid labels are skipped
+    assert rank_sums(groups, scores, torch.tensor([1.0, -1.0, -1.0, 1.0, 0.0, 0.0]))["sprm/rank_pairs"] == 1
+    # two mini-batches, mean-reduced as verl does: the ratio of means is the pooled ratio
+    other = rank_sums(torch.tensor([0, 0]), torch.tensor([0.1, 0.3]), torch.tensor([1.0, 0.0]))
+    reduced = {f"actor/{k}": (sums[k] + other[k]) / 2 for k in sums}
+    out = step_rank_metrics(reduced)
+    assert out["sprm/within_q_auroc"] == pytest.approx(2.5 / 4)
+    correct = (0.9 + 0.4 + 0.1) / 3
+    wrong = (0.2 + 0.5 + 0.4 + 0.99 + 0.3) / 5
+    assert out["sprm/step_score_gap"] == pytest.approx(correct - wrong, abs=1e-6)
+    assert not any(k.startswith("actor/sprm/rank") or k.endswith("_sum") for k in reduced)  # popped
+    assert step_rank_metrics({}) == {}

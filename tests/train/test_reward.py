@@ -113,3 +113,25 @@ def test_reward_manager_grades_a_verl_item(qwq_tokenizer):
     assert done["reward_score"] == 1.0 and done["reward_extra_info"]["sprm_label"] == 1.0
     cut = asyncio.run(manager.run_single(item("<think>a.\n\nb.\n\nc.\n\nd.\n\ne.\n\nf.\n\ng.\n\n", 12)))
     assert cut["reward_extra_info"]["truncated"] == 1.0 and cut["reward_extra_info"]["sprm_label"] == -1.0
+
+
+@pytest.mark.parametrize(
+    "response, truncated, label",
+    [
+        (" 23 + 45 = 68. The answer is 68.\n\n", False, 1.0),
+        (" 23 + 45 = 67. The answer is 67.", False, 0.0),
+        (" The answer is 68. The answer is 1.", False, 1.0),  # the first answer, as the evaluation reads it
+        (" 23 + 45 = 68.", False, -1.0),  # no answer stated
+        (" 23 + 45 = 68. The answer is 68.", True, -1.0),  # cut at the length limit
+    ],
+)
+def test_demo_reward_grades_as_the_evaluation(response, truncated, label):
+    from metastone.eval.tasks import Demo, Example
+    from metastone.train.reward import demo_compute_score
+
+    out = demo_compute_score("demo", response, "68", {"truncated": truncated})
+    assert out["sprm_label"] == label and out["score"] == float(label == 1.0)
+    assert out["invalid"] == float(label == -1.0)
+    if not truncated:  # the evaluation's own grade agrees
+        example = Example("q", "prompt", 68)
+        assert Demo([example]).grade(response, example).correct == (label == 1.0)

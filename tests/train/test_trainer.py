@@ -48,7 +48,8 @@ def test_labels_are_written_to_transfer_queue(config, monkeypatch):
     rm = torch.nested.as_nested_tensor([torch.tensor([0.0, 1.0]), torch.tensor([0.0]), torch.tensor([0.0, 0.0])],
                                        layout=torch.jagged)
     extra = NonTensorStack(*[{"reward_extra_info": {"sprm_label": v}} for v in (1.0, -1.0, 0.0)])
-    stored = TensorDict({"rm_scores": rm, "extra_fields": extra}, batch_size=[3])
+    uids = NonTensorStack("q1", "q1", "q2")
+    stored = TensorDict({"rm_scores": rm, "extra_fields": extra, "uid": uids}, batch_size=[3])
     written = {}
 
     class FakeTQ:
@@ -72,5 +73,6 @@ def test_labels_are_written_to_transfer_queue(config, monkeypatch):
     assert written["keys"] == Batch.keys
     # invalid_outcome=negative (the default): the invalid trajectory is a negative, padding is excluded
     assert written["fields"]["sprm_outcome"].tolist() == [1.0, 0.0, -1.0]
+    assert written["fields"]["sprm_group"].tolist() == [0, 0, 1]  # each trajectory's prompt, for the ranking metrics
     assert metrics["sprm/label_invalid_frac"] == pytest.approx(1 / 2)
     assert metrics["sprm/label_negative_frac"] == pytest.approx(1 / 2)
