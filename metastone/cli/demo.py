@@ -162,6 +162,8 @@ def main(args) -> int:
     drafts = out / f"drafts-{args.questions}x{args.drafts}-{args.backend}-{dtype}.jsonl"
     print(f"[2/3] sampling {args.drafts} drafts for each of {args.questions} questions and scoring them "
           f"(the test/inference.py harness, {args.backend} in-process, {dtype}; resumable)", file=sys.stderr)
+    # The demo's sampling, not the paper's defaults (metastone.sampling.Sampling): 64 tokens, temperature 0.7,
+    # no repetition penalty, as the shipped head was fitted (metastone.fit.FitConfig's defaults).
     infer_argv = ["infer", "--task", "demo", "--input_file", str(questions), "--output_file", str(drafts),
                   "--model_dir", str(model), "--backend", args.backend, "--n_samples", str(args.drafts),
                   "--seed", str(args.seed), "--max_tokens", "64", "--temperature", "0.7", "--top_p", "0.95",

@@ -31,6 +31,7 @@ def make_parser(subparsers):
     p.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help=helps["backend"])
     p.add_argument("--seed", type=int, default=0, help=helps["seed"])
     p.add_argument("--max-tokens", type=int, default=None, help="max new tokens per draft (default 256; demo 64)")
+    # train-sprm's sampling defaults (FitConfig's), not the paper's 0.6 / 1.05 (metastone.sampling)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--repetition-penalty", type=float, default=1.0)

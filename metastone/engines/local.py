@@ -59,17 +59,13 @@ class LocalGenerator:
                           o.outputs[0].stop_reason) for o in outs]
 
     def _run_hf(self, items: list[tuple[DraftRequest, Sampling]]) -> list[GenResult]:
-        """``HFPolicy`` takes one sampling config per call: one call per distinct ``Sampling``, results in order."""
-        from metastone.serve.hf_policy import SamplingConfig
-
+        """``HFPolicy`` takes one ``Sampling`` per call: one call per distinct ``Sampling``, results in order."""
         groups: dict[Sampling, list[int]] = {}
         for i, (_, s) in enumerate(items):
             groups.setdefault(s, []).append(i)
         results: list[GenResult | None] = [None] * len(items)
         for s, rows in groups.items():
-            cfg = SamplingConfig(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=s.stop,
-                                 repetition_penalty=s.repetition_penalty, stop_token_ids=s.stop_token_ids)
-            drafts = self.policy.generate([items[i][0].prompt_ids for i in rows], [items[i][0].seed for i in rows], cfg)
+            drafts = self.policy.generate([items[i][0].prompt_ids for i in rows], [items[i][0].seed for i in rows], s)
             for i, d in zip(rows, drafts):
                 results[i] = GenResult(d.text, d.token_ids, d.finish_reason, d.stop_reason)
         return results

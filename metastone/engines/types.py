@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from metastone.sampling import Sampling
+
+__all__ = ["DraftRequest", "GenResult", "Sampling"]
+
 
 @dataclass
 class DraftRequest:
@@ -15,18 +19,6 @@ class DraftRequest:
     prompt_ids: list[int]
     answer: object = None
     attempts: int = field(default=0, compare=False)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_tokens: int = 32768
-    temperature: float = 0.6
-    top_p: float = 0.95
-    repetition_penalty: float = 1.05
-    stop: tuple[str, ...] = ()
-    # Token ids that end a request (kept in token_ids, cut from the text): search sends the SPRM step
-    # separators here to sample exactly one step per request. Empty = not sent (Best-of-N).
-    stop_token_ids: tuple[int, ...] = ()
 
 
 @dataclass

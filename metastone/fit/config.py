@@ -22,6 +22,9 @@ class FitConfig:
     questions: int = field(default=0, metadata={"help": "use the first N questions (0: all)"})
     backend: str = field(default="vllm", metadata={"help": "sampling backend: vllm | hf"})
     seed: int = field(default=0, metadata={"help": "seed of sampling, split, init and shuffling"})
+    # Sampling of the drafts: train-sprm's own defaults, not metastone.sampling.Sampling's (32768 / 0.6 /
+    # 0.95 / 1.05, the paper's evaluation): short drafts, temperature 0.7 and no repetition penalty, as
+    # the shipped demo head was fitted (and as `metastone demo` samples).
     max_tokens: int = field(default=256, metadata={"help": "max new tokens per draft"})
     temperature: float = 0.7
     top_p: float = 0.95

@@ -23,8 +23,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from metastone.engines import DraftRequest, Sampling
+from metastone.engines import DraftRequest
 from metastone.harness.records import RecordStore, record_key
+from metastone.sampling import DEFAULT_SAMPLING as SAMPLING
+from metastone.sampling import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,11 @@ class RunConfig:
     input_file: str | None = None
     input_sha256: str = ""
     seed: int = 0
-    max_tokens: int = 32768
-    temperature: float = 0.6
-    top_p: float = 0.95
-    repetition_penalty: float = 1.05
+    # sampling (metastone.sampling.Sampling's fields and defaults; flat: the saved, resume-compared form)
+    max_tokens: int = SAMPLING.max_tokens
+    temperature: float = SAMPLING.temperature
+    top_p: float = SAMPLING.top_p
+    repetition_penalty: float = SAMPLING.repetition_penalty
     stop: tuple[str, ...] = ()
     chat_template: bool = True
     total_parts: int = 1
@@ -75,7 +78,7 @@ class RunConfig:
 
     @property
     def sampling(self) -> Sampling:
-        return Sampling(self.max_tokens, self.temperature, self.top_p, self.repetition_penalty, self.stop)
+        return Sampling.of(self)
 
     def content(self) -> dict:
         data = asdict(self)

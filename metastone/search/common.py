@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Sequence
 
 from metastone.engines import DraftRequest, GenResult, Sampling
+from metastone.sampling import DEFAULT_SAMPLING as SAMPLING
 from metastone.sprm import aggregate_list
 from metastone.sprm.aggregate import AGGREGATIONS
 
@@ -68,10 +69,11 @@ class SearchConfig:
 
     strategy: ClassVar[str] = ""
     seed: int = _f(0, "run seed; every node's / draft's seed derives from it, the question id and its path")
-    max_tokens: int = _f(32768, "most response tokens of one trace (all its steps together)")
-    temperature: float = _f(0.6, "sampling temperature")
-    top_p: float = _f(0.95, "nucleus sampling")
-    repetition_penalty: float = _f(1.05, "HF/vLLM repetition penalty (1 = off)")
+    # sampling: metastone.sampling.Sampling's fields and defaults (flat: options are saved and compared on resume)
+    max_tokens: int = _f(SAMPLING.max_tokens, "most response tokens of one trace (all its steps together)")
+    temperature: float = _f(SAMPLING.temperature, "sampling temperature")
+    top_p: float = _f(SAMPLING.top_p, "nucleus sampling")
+    repetition_penalty: float = _f(SAMPLING.repetition_penalty, "HF/vLLM repetition penalty (1 = off)")
     stop: tuple[str, ...] = _f((), "the task's stop strings: a trace ends there (e.g. the demo's '\\n\\n')")
     separator_ids: tuple[int, ...] = _f((), "SPRM step separator token ids (StepSpec.separator_ids); tree strategies stop each step there")
     aggregation: str = _f("geomean", "how a path's step scores make its value (metastone.sprm.aggregate)")
@@ -117,7 +119,7 @@ class SearchConfig:
 
     @property
     def sampling(self) -> Sampling:
-        return Sampling(self.max_tokens, self.temperature, self.top_p, self.repetition_penalty, self.stop)
+        return Sampling.of(self)
 
     def options(self) -> dict:
         """JSON-able fields (strategy included): saved with every run and compared on resume."""
@@ -273,8 +275,7 @@ class StepExpander:
 
     async def _generate(self, reqs: list[DraftRequest], max_tokens: int) -> list[GenResult]:
         cfg = self.cfg
-        sampling = Sampling(max_tokens, cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.stop,
-                            tuple(cfg.separator_ids))
+        sampling = Sampling.of(cfg, max_tokens=max_tokens, stop_token_ids=cfg.separator_ids)
         results: list[GenResult | Exception] = [None] * len(reqs)  # type: ignore[list-item]
         todo = list(range(len(reqs)))
         for attempt in range(cfg.max_retries + 1):

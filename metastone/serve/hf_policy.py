@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from metastone.sampling import Sampling
 from metastone.serve.hf_backend import parse_dtype
 
 logger = logging.getLogger(__name__)
@@ -33,26 +34,6 @@ class Draft:
     finish_reason: str  # "stop" (EOS, stop token id or stop string) or "length"
     seed: int | None
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it; None for EOS/length
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    max_tokens: int = 256
-    temperature: float = 0.6
-    top_p: float = 0.95
-    stop: tuple[str, ...] = ()
-    repetition_penalty: float = 1.0
-    stop_token_ids: tuple[int, ...] = ()  # e.g. the SPRM step separators: search expands one step per request
-
-    def __post_init__(self):
-        if self.max_tokens <= 0:
-            raise ValueError(f"max_tokens must be positive, got {self.max_tokens}.")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be positive (1 = off), got {self.repetition_penalty}.")
 
 
 class HFPolicy:
@@ -80,8 +61,9 @@ class HFPolicy:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int | None], sampling: SamplingConfig) -> list[Draft]:
-        """One draft per (prompt, seed) pair, in order."""
+    def generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int | None], sampling: Sampling) -> list[Draft]:
+        """One draft per (prompt, seed) pair, in order (``sampling.seed`` is not read: each draft has its own)."""
+        sampling.check()
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds.")
         for i, p in enumerate(prompts):
@@ -98,7 +80,7 @@ class HFPolicy:
         return drafts
 
     @torch.no_grad()
-    def _generate_batch(self, prompts, seeds, sampling: SamplingConfig) -> list[Draft]:
+    def _generate_batch(self, prompts, seeds, sampling: Sampling) -> list[Draft]:
         batch = len(prompts)
         width = max(len(p) for p in prompts)
         ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
@@ -162,7 +144,7 @@ class HFPolicy:
         return drafts
 
     @staticmethod
-    def _sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> int:
+    def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
         if sampling.temperature == 0:
             return int(logits.argmax())
         probs = torch.softmax(logits / sampling.temperature, dim=-1)

@@ -97,14 +97,14 @@ class HFPolicyBackend:
 
     async def completions(self, prompt, *, n, max_tokens, temperature, top_p, seed, stop, return_token_ids,
                           repetition_penalty=1.0, stop_token_ids=()):
-        from metastone.serve.hf_policy import SamplingConfig
+        from metastone.sampling import Sampling
 
         ids = self.policy.encode(prompt) if isinstance(prompt, str) else list(prompt)
         vocab = self.policy.vocab_size
         if ids and (min(ids) < 0 or max(ids) >= vocab):
             raise ValueError(f"prompt token ids must be in [0, {vocab}) for this model")
-        sampling = SamplingConfig(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop),
-                                  repetition_penalty=repetition_penalty, stop_token_ids=tuple(stop_token_ids or ()))
+        sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop),
+                            repetition_penalty=repetition_penalty, stop_token_ids=tuple(stop_token_ids or ())).check()
         seeds = [seed + i if seed is not None else None for i in range(n)]
         async with self._lock:
             drafts = await asyncio.to_thread(self.policy.generate, [ids] * n, seeds, sampling)

@@ -3,7 +3,8 @@
 import httpx
 import pytest
 
-from metastone.serve.hf_policy import HFPolicy, SamplingConfig
+from metastone.sampling import Sampling
+from metastone.serve.hf_policy import HFPolicy
 
 PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n<think>\n"
 
@@ -37,7 +38,7 @@ def test_openai_completions_with_token_ids(policy_server, tiny_model_dir):
         "prompt": prompt_ids, "n": 2, "max_tokens": 8, "temperature": 0.8, "seed": 5, "return_token_ids": True}, timeout=120).json()
     assert [c["index"] for c in out["choices"]] == [0, 1]
     assert out["usage"]["prompt_tokens"] == len(prompt_ids)
-    local = policy.generate([prompt_ids] * 2, [5, 6], SamplingConfig(max_tokens=8, temperature=0.8, top_p=1.0))
+    local = policy.generate([prompt_ids] * 2, [5, 6], Sampling(max_tokens=8, temperature=0.8, top_p=1.0, repetition_penalty=1.0))
     assert [c["token_ids"] for c in out["choices"]] == [d.token_ids for d in local]
     assert httpx.get(policy_server.url + "/v1/models").json()["data"][0]["id"] == str(tiny_model_dir)
 
@@ -63,19 +64,19 @@ def test_bad_generate_requests(policy_server, body, status, field):
 def test_sampling_is_per_draft_and_stops(tiny_model_dir):
     policy = HFPolicy(tiny_model_dir, max_batch=4)
     ids = policy.encode(PROMPT)
-    cfg = SamplingConfig(max_tokens=10, temperature=1.0, top_p=0.9)
+    cfg = Sampling(max_tokens=10, temperature=1.0, top_p=0.9, repetition_penalty=1.0)
     together = policy.generate([ids, ids, ids], [7, 8, 9], cfg)
     alone = policy.generate([ids], [8], cfg)
     assert together[1].token_ids == alone[0].token_ids  # a draft does not depend on its batch-mates
-    greedy = policy.generate([ids, ids], [1, 2], SamplingConfig(max_tokens=6, temperature=0))
+    greedy = policy.generate([ids, ids], [1, 2], Sampling(max_tokens=6, temperature=0, repetition_penalty=1.0))
     assert greedy[0].token_ids == greedy[1].token_ids
     first = together[0].text
     if len(first) > 3:
         stop = first[2:4]
-        cut = policy.generate([ids], [7], SamplingConfig(max_tokens=10, temperature=1.0, top_p=0.9, stop=(stop,)))[0]
+        cut = policy.generate([ids], [7], Sampling(max_tokens=10, temperature=1.0, top_p=0.9, stop=(stop,), repetition_penalty=1.0))[0]
         assert cut.finish_reason == "stop" and stop not in cut.text and first.startswith(cut.text)
     with pytest.raises(ValueError, match="top_p"):
-        SamplingConfig(top_p=0)
+        Sampling(top_p=0).check()
 
 
 def test_engine_errors_name_our_field():
