@@ -57,7 +57,7 @@ async def main_async(args) -> None:
 
     from metastone.eval.tasks import load_task
     from metastone.engines import LocalGenerator, LocalScorer
-    from metastone.harness.records import RecordStore
+    from metastone.records import RecordStore
     from metastone.harness.runner import RunConfig, pending_requests, run
     from metastone.serve.vllm_scorer import VLLMScorer
 

@@ -1,6 +1,8 @@
 """Draft records: one JSON line per draft, keyed by (task, question id, draft index), append-only.
 
-A record holds everything needed to grade, select and audit a draft without the models::
+Written by the harness (Best-of-N drafts and searched traces, which ``metastone train-sprm`` samples
+through too) and read by the metrics, the fitting and the demo. A record (``DraftRecord``) holds
+everything needed to grade, select and audit a draft without the models::
 
     {"key": "aime24/0/3", "task": "aime24", "question_id": "0", "draft": 3, "seed": 1234,
      "prompt": "...", "prompt_len": 87, "response": "...", "token_ids": [...], "finish_reason": "stop",
@@ -11,22 +13,85 @@ A record holds everything needed to grade, select and audit a draft without the 
 full sequence (prompt + response). Appends are atomic at line level (one ``write`` on an
 ``O_APPEND`` descriptor, then ``fsync``); a crash can only leave a partial last line, which
 ``RecordStore`` cuts off before appending again, so a resumed run never glues records together.
+``read_jsonl`` is the one JSONL reader (records, results, labels, task data): an unfinished last line
+that does not parse is an interrupted write and is skipped with a warning, any other bad line is an error.
 """
 
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import logging
 import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 logger = logging.getLogger(__name__)
 
 
 def record_key(task: str, question_id: str, draft: int) -> str:
     return f"{task}/{question_id}/{draft}"
+
+
+@dataclass
+class DraftRecord:
+    """One draft, or one searched trace (``--strategy beam|mcts``), as written: fields in file order."""
+
+    key: str
+    task: str
+    question_id: str
+    draft: int
+    seed: int  # the draft's own seed (request_seed); a searched trace's: the run seed
+    prompt: str
+    prompt_len: int
+    response: str
+    token_ids: list[int]  # the response's ids as the policy returned them
+    finish_reason: str
+    score: float | None  # None: not scored (train-sprm's sampling stage)
+    step_scores: list[float]
+    score_positions: list[int]  # indices into prompt + response
+    answer: Any = None  # the gold answer, for grading without the task data
+    # searched traces only; a Best-of-N record has none of these keys
+    strategy: str | None = None
+    node: str | None = None
+    finished: bool | None = None
+    depth: int | None = None
+    search: dict | None = None
+    candidates: list[dict] | None = None
+    timings: dict = field(default_factory=dict)
+    run_id: str = ""
+
+    SEARCH_FIELDS = ("strategy", "node", "finished", "depth", "search", "candidates")
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.strategy is None:
+            for name in self.SEARCH_FIELDS:
+                del out[name]
+        return out
+
+
+def read_jsonl(path: str | Path, *, hint: str = "", partial_tail: bool = True) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line (``.gz`` files too). An unfinished last line (no newline
+    after it) that does not parse is skipped with a warning when ``partial_tail``: the file is appended to
+    line by line and a write was interrupted. Any other bad line is an error naming the file and line,
+    then ``hint``. Task data is read with ``partial_tail=False``: nothing appends to it."""
+    path = Path(path)
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if partial_tail and number == len(lines):
+                logger.warning("%s:%d: ignoring a partial last line (an interrupted write)", path, number)
+                return
+            raise ValueError(f"{path}:{number}: not a JSON object ({exc}){hint}") from None
+        yield number, value
 
 
 def _repair_tail(path: Path) -> None:
@@ -57,19 +122,8 @@ def _repair_tail(path: Path) -> None:
 
 def read_records(path: str | Path) -> Iterator[dict]:
     """Records of one file; a partial last line is skipped, a corrupt line elsewhere is an error."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    complete, tail = lines[:-1], lines[-1]
-    for number, line in enumerate(complete, 1):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not a JSON record ({exc}); the file is corrupt at that line.") from exc
-    if tail.strip():
-        logger.warning("%s: ignoring a partial last line (an interrupted write)", path)
+    for _, record in read_jsonl(path, hint="; the file is corrupt at that line."):
+        yield record
 
 
 def expand_paths(patterns: Iterable[str]) -> list[Path]:
@@ -109,7 +163,9 @@ class RecordStore:
     def __len__(self) -> int:
         return len(self.records)
 
-    def append(self, record: dict) -> None:
+    def append(self, record: DraftRecord | dict) -> None:
+        if isinstance(record, DraftRecord):
+            record = record.to_dict()
         key = record["key"]
         if key in self.records:
             raise ValueError(f"record {key} is already in {self.path}; records are written once.")

@@ -9,7 +9,9 @@ says so where it declares it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, fields, replace
+from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Sampling:
     # Token ids that end a request (kept in token_ids, cut from the text): search sends the SPRM step
     # separators here to sample exactly one step per request. Empty = not sent (Best-of-N).
     stop_token_ids: tuple[int, ...] = ()
-    # The run seed: each request's own seed derives from it (``request_seed``) and travels with the
+    # The run seed: each request's own seed derives from it (``request_seed`` below) and travels with the
     # request (``DraftRequest.seed``); engines sample with that one.
     seed: int = 0
 
@@ -53,3 +55,11 @@ class Sampling:
 
 
 DEFAULT_SAMPLING = Sampling()
+
+
+def request_seed(run_seed: int, question_id: str, path: Sequence[int]) -> int:
+    """The 31-bit seed of one request, stable across runs, machines and shards: a Best-of-N draft ``d`` is
+    the path ``(d,)``, a search node the path of child indices from the root (so a one-step node has the
+    seed of the draft with its index: common random numbers between Best-of-N and search)."""
+    tag = ".".join(str(i) for i in path)
+    return int(hashlib.sha256(f"{run_seed}:{question_id}:{tag}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF

@@ -109,7 +109,7 @@ def format_table(report: dict, k: int) -> str:
 def step_view(records_path: Path, report: dict, tokenizer, max_questions: int = 3) -> str:
     """Chosen and lowest-scored drafts of a few questions with mixed outcomes (mostly ones the SPRM gets right,
     one it does not), each step followed by its score."""
-    from metastone.harness.records import read_records
+    from metastone.records import read_records
 
     records = {(r["question_id"], r["draft"]): r for r in read_records(records_path)}
 

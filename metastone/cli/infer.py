@@ -129,7 +129,7 @@ async def _main(args) -> int:
     from transformers import AutoTokenizer
 
     from metastone.eval.tasks import load_task
-    from metastone.harness.records import RecordStore
+    from metastone.records import RecordStore
     from metastone.harness.runner import RunConfig, check_or_save_config, file_sha256, run, run_search_questions
 
     _check_strategy_flags(args)

@@ -16,13 +16,12 @@ Then ``test`` and ``check(<entry_point>)`` are appended.
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from pathlib import Path
 
 from metastone.assets import package_file
 from metastone.eval.code_grader import CodeTest
+from metastone.records import read_jsonl
 
 HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
 SCRIPT_TEST = CodeTest("script")
@@ -38,20 +37,12 @@ def load_humaneval(path: str | Path | None = None) -> list[dict]:
     path = Path(path) if path is not None else humaneval_path()
     if not path.exists():
         raise FileNotFoundError(f"HumanEval data {path}: no such file.")
-    opener = gzip.open if path.suffix == ".gz" else open
     problems = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON object: {exc}") from None
-            missing = [k for k in HUMANEVAL_FIELDS if not isinstance(row.get(k), str)]
-            if missing:
-                raise ValueError(f"{path}:{n}: missing or non-string field(s) {', '.join(missing)}.")
-            problems.append(row)
+    for n, row in read_jsonl(path, partial_tail=False):
+        missing = [k for k in HUMANEVAL_FIELDS if not isinstance(row.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}:{n}: missing or non-string field(s) {', '.join(missing)}.")
+        problems.append(row)
     return problems
 
 

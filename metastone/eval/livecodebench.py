@@ -31,6 +31,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from metastone.eval.code_grader import CodeTest
+from metastone.records import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +178,8 @@ def _read_rows(path: Path):
             raise ValueError(f"{path}: expected a JSON list of problems.")
         yield from ((f"{path}[{i}]", row) for i, row in enumerate(rows))
         return
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield f"{path}:{n}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not a JSON object: {exc}") from None
+    for n, row in read_jsonl(path, partial_tail=False):
+        yield f"{path}:{n}", row
 
 
 def _as_date(value, name: str) -> date | None:

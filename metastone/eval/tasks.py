@@ -36,6 +36,7 @@ from metastone.eval.code_grader import CodeGrader
 from metastone.eval.extract import answer_region, last_code_block
 from metastone.eval.math_grader import MathGrader
 from metastone.eval.sandbox import SandboxConfig
+from metastone.records import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -132,18 +133,6 @@ class Task:
         self.close()
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not a JSON object: {exc}") from None
-    return rows
-
-
 class MathTask(Task):
     """AIME-style math: ``{"prompt": str, "answer": int|str}`` rows; see ``math_grader``."""
 
@@ -162,7 +151,7 @@ class MathTask(Task):
     @classmethod
     def _read(cls, path: Path, **options) -> list[Example]:
         examples = []
-        for i, row in enumerate(_read_jsonl(path)):
+        for i, row in enumerate(row for _, row in read_jsonl(path, partial_tail=False)):
             if not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), (int, str)):
                 raise ValueError(f"{path}:{i + 1}: expected {{\"prompt\": str, \"answer\": int or str}}.")
             examples.append(Example(f"{cls.name}-{i:02d}", row["prompt"], str(row["answer"])))
@@ -336,7 +325,7 @@ class Demo(Task):
     @classmethod
     def _read(cls, path: Path, **options) -> list[Example]:
         examples = []
-        for i, row in enumerate(_read_jsonl(path)):
+        for i, row in enumerate(row for _, row in read_jsonl(path, partial_tail=False)):
             if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), int) or "id" not in row:
                 raise ValueError(f"{path}:{i + 1}: expected {{\"id\", \"question\": str, \"answer\": int}}.")
             examples.append(Example(str(row["id"]), demo_task.demo_prompt(row["question"]), row["answer"],

@@ -92,7 +92,7 @@ def sample_drafts(cfg: FitConfig, task, tokenizer, out: Path, progress: bool) ->
     from tqdm import tqdm
 
     from metastone.engines import LocalGenerator
-    from metastone.harness.records import RecordStore
+    from metastone.records import RecordStore
     from metastone.harness.runner import RunConfig, file_sha256, pending_requests, run
     from metastone.harness.runner import check_or_save_config as check_run
 
@@ -126,12 +126,12 @@ def sample_drafts(cfg: FitConfig, task, tokenizer, out: Path, progress: bool) ->
 
 
 def grade_drafts(cfg: FitConfig, task, out: Path) -> dict[str, dict]:
-    from metastone.harness.records import read_records, record_key
+    from metastone.records import read_jsonl, read_records, record_key
     from metastone.sprm.loss import OUTCOME_CORRECT, OUTCOME_INVALID, OUTCOME_WRONG
 
     path = out / LABELS
     if path.is_file():
-        labels = {row["key"]: row for row in map(json.loads, path.read_text().splitlines()) if row}
+        labels = {row["key"]: row for _, row in read_jsonl(path) if row}
         if all(record_key(task.name, ex.id, d) in labels for ex in task for d in range(cfg.n_drafts)):
             return labels
     records = {r["key"]: r for r in read_records(out / DRAFTS)}
@@ -167,7 +167,7 @@ def extract_all(cfg: FitConfig, task, tokenizer, spec, out: Path, progress: bool
     from transformers import AutoModelForCausalLM
 
     from metastone.fit.features import question_features, shard_path, write_shard
-    from metastone.harness.records import read_records, record_key
+    from metastone.records import read_records, record_key
 
     folder = out / FEATURES
     folder.mkdir(exist_ok=True)

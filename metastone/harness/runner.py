@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from metastone.engines import DraftRequest
-from metastone.harness.records import RecordStore, record_key
+from metastone.records import DraftRecord, RecordStore, record_key
 from metastone.sampling import DEFAULT_SAMPLING as SAMPLING
-from metastone.sampling import Sampling
+from metastone.sampling import Sampling, request_seed
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def draft_seed(run_seed: int, question_id: str, draft: int) -> int:
-    """A 31-bit seed per draft, stable across runs, machines and shards."""
-    return int(hashlib.sha256(f"{run_seed}:{question_id}:{draft}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+    """A 31-bit seed per draft, stable across runs, machines and shards (``request_seed`` of the path ``(draft,)``)."""
+    return request_seed(run_seed, question_id, (draft,))
 
 
 def check_or_save_config(cfg: RunConfig) -> None:
@@ -224,14 +224,11 @@ async def run(cfg: RunConfig, task, tokenizer, generator, scorer, store: RecordS
                 continue
             score_s = time.monotonic() - t1
             for req, res, sc in zip(ok_reqs, ok_res, scores):
-                store.append({
-                    "key": req.key, "task": cfg.task, "question_id": req.question_id, "draft": req.draft, "seed": req.seed,
-                    "prompt": req.prompt, "prompt_len": len(req.prompt_ids), "response": res.text, "token_ids": res.token_ids,
-                    "finish_reason": res.finish_reason, "score": sc.value, "step_scores": sc.step_scores,
-                    "score_positions": sc.positions, "answer": req.answer,
-                    "timings": {"generate_s": round(gen_s, 4), "score_s": round(score_s, 4), "batch": len(batch)},
-                    "run_id": run_id,
-                })
+                store.append(DraftRecord(
+                    req.key, cfg.task, req.question_id, req.draft, req.seed, req.prompt, len(req.prompt_ids), res.text,
+                    res.token_ids, res.finish_reason, sc.value, sc.step_scores, sc.positions, req.answer, run_id=run_id,
+                    timings={"generate_s": round(gen_s, 4), "score_s": round(score_s, 4), "batch": len(batch)},
+                ))
                 stats.drafts_done += 1
                 stats.tokens += len(res.token_ids)
             if progress is not None:
@@ -277,13 +274,8 @@ async def run_search_questions(cfg: RunConfig, task, tokenizer, searcher, store:
             except Exception as exc:  # noqa: BLE001 - one question's failure is listed; a rerun retries it
                 stats.failures.append(f"{record_key(cfg.task, ex.id, 0)}: {exc}")
                 return
-            trace = {k: found[k] for k in ("response", "token_ids", "finish_reason", "score", "step_scores", "score_positions")}
-            tree = {k: found[k] for k in ("strategy", "node", "finished", "depth", "search", "candidates")}
-            store.append({
-                "key": record_key(cfg.task, ex.id, 0), "task": cfg.task, "question_id": ex.id, "draft": 0, "seed": cfg.seed,
-                "prompt": prompt, "prompt_len": len(ids), **trace, "answer": ex.answer, **tree,
-                "timings": found["timings"], "run_id": run_id,
-            })
+            store.append(DraftRecord(record_key(cfg.task, ex.id, 0), cfg.task, ex.id, 0, cfg.seed, prompt, len(ids),
+                                     answer=ex.answer, run_id=run_id, **found))
             stats.drafts_done += 1
             stats.tokens += found["search"]["tokens_generated"]
             if progress is not None:

@@ -18,7 +18,7 @@ published numbers from the same drafts; the metrics stay ours.
 
 Inputs, detected per line (one run must not mix the two):
 
-- draft records (``metastone.harness.records``): one draft per line, ``{"task", "question_id",
+- draft records (``metastone.records``): one draft per line, ``{"task", "question_id",
   "draft", "response", "score", "step_scores"?, "answer"?}``; drafts are ordered by ``draft``;
 - the original output: one line per (question, call), ``{"prompt" | "question" | "model_input",
   "answer", "output": {"content"?, "solution_lst": [...], "score_lst": [...]}}``, drafts in file
@@ -37,7 +37,6 @@ both places. The original format has no keys, so every line counts: pass each fi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import zlib
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metastone.eval.tasks import Example, Grade, Task
-from metastone.harness.records import expand_paths
+from metastone.records import expand_paths, read_jsonl
 from metastone.metrics.intervals import bootstrap_ci
 from metastone.metrics.selection import best_of_n_exact, best_of_n_groups, pass_at_k, vote_at_n
 
@@ -66,7 +65,7 @@ RULES = {
     "vote_sampled": "SPRM vote@N (random subsets)",
 }
 RECORD_FORM = ('{"task", "question_id": str, "draft": int, "response": str, "score": number, '
-               '"step_scores"?: [number]} (metastone.harness.records)')
+               '"step_scores"?: [number]} (metastone.records)')
 ORIGINAL_FORM = ('{"prompt" (or "question"/"model_input"), "answer", '
                  '"output": {"solution_lst": [str], "score_lst": [number]}} (the original test/inference.py)')
 TEXT_FIELDS = ("prompt", "question", "problem", "model_input")
@@ -120,22 +119,6 @@ def parse_ns(spec: str | Sequence[int] | None, max_k: int) -> list[int]:
         raise ValueError(f"--N {max(ns)} is more than the most drafts any question has ({max_k}); "
                          f"pass --N up to {max_k}, or sample more drafts.")
     return sorted(set(ns))
-
-
-def _rows(path: Path):
-    """(line number, object) of a JSONL file; a partial last line (interrupted write) is skipped."""
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                logger.warning("%s:%d: ignoring a partial last line (an interrupted write)", path, number)
-                return
-            raise ValueError(f"{path}:{number}: not a JSON object ({exc}); expected one result per line, "
-                             f"either {RECORD_FORM} or {ORIGINAL_FORM}.") from None
 
 
 def _number(value: Any, what: str, where: str, form: str) -> float:
@@ -245,7 +228,8 @@ def load_questions(paths: Sequence[str | Path], task: Task) -> tuple[list[Questi
     kinds: dict[str, str] = {}
     duplicates = 0
     for path in files:
-        for line, row in _rows(path):
+        hint = f"; expected one result per line, either {RECORD_FORM} or {ORIGINAL_FORM}."
+        for line, row in read_jsonl(path, hint=hint):
             where = f"{path}:{line}"
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected a JSON object, either {RECORD_FORM} or {ORIGINAL_FORM}.")

@@ -26,7 +26,6 @@ The gold answer is never read here: terminal grading is for reports only (runner
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -34,16 +33,11 @@ from typing import Any, ClassVar, Sequence
 
 from metastone.engines import DraftRequest, GenResult, Sampling
 from metastone.sampling import DEFAULT_SAMPLING as SAMPLING
+from metastone.sampling import request_seed as node_seed  # a node's seed; one-step path (d,) = draft d's
 from metastone.sprm import aggregate_list
 from metastone.sprm.aggregate import AGGREGATIONS
 
 logger = logging.getLogger(__name__)
-
-
-def node_seed(run_seed: int, question_id: str, path: Sequence[int]) -> int:
-    """A 31-bit seed per tree node; for a one-step path ``(d,)`` it equals the harness's ``draft_seed(.., d)``."""
-    tag = ".".join(str(i) for i in path)
-    return int(hashlib.sha256(f"{run_seed}:{question_id}:{tag}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from metastone.eval.demo_task import demo_prompt
 from metastone.fit.config import FitConfig
 from metastone.fit.pipeline import fit
-from metastone.harness.records import record_key
+from metastone.records import record_key
 
 N_QUESTIONS, N_DRAFTS = 40, 4
 

@@ -2,8 +2,10 @@ import json
 
 import pytest
 
-from metastone.harness.records import RecordStore, expand_paths, read_records, record_key
 from metastone.harness.runner import RunConfig, check_or_save_config, draft_seed, my_questions
+from metastone.records import DraftRecord, RecordStore, expand_paths, read_jsonl, read_records, record_key
+from metastone.sampling import request_seed
+from metastone.search import node_seed
 
 
 def test_append_reload_and_write_once(tmp_path):
@@ -60,3 +62,34 @@ def test_config_mismatch_is_refused(tmp_path):
         check_or_save_config(RunConfig(task="demo", output_file=out, drafts_per_question=4, model="m", temperature=1.0))
     with pytest.raises(ValueError, match="--part"):
         RunConfig(task="demo", output_file=out, drafts_per_question=1, model="m", total_parts=2, part=2)
+
+
+def test_draft_record_writes_fields_in_file_order(tmp_path):
+    bon = DraftRecord("t/q/0", "t", "q", 0, 5, "p", 3, "r", [1], "stop", 0.5, [0.5], [3], answer=1, run_id="x")
+    assert list(bon.to_dict()) == ["key", "task", "question_id", "draft", "seed", "prompt", "prompt_len", "response",
+                                   "token_ids", "finish_reason", "score", "step_scores", "score_positions", "answer",
+                                   "timings", "run_id"]
+    searched = DraftRecord("t/q/0", "t", "q", 0, 0, "p", 3, "r", [1], "stop", 0.5, [0.5], [3], strategy="beam", node="1.0",
+                           finished=True, depth=2, search={}, candidates=[])
+    assert list(searched.to_dict())[13:] == ["answer", "strategy", "node", "finished", "depth", "search", "candidates",
+                                             "timings", "run_id"]
+    with RecordStore(tmp_path / "r.jsonl") as store:
+        store.append(bon)
+    assert list(read_records(tmp_path / "r.jsonl")) == [bon.to_dict()]
+
+
+def test_one_jsonl_reader_skips_only_an_unfinished_last_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n\n{"b": 2}\n{"c": ')
+    assert list(read_jsonl(path)) == [(1, {"a": 1}), (3, {"b": 2})]
+    with pytest.raises(ValueError, match=r"x\.jsonl:4: not a JSON object"):
+        list(read_jsonl(path, partial_tail=False))  # task data: nothing appends to it, a bad line is an error
+    path.write_text('{"a": 1}\n{"c": \n')
+    with pytest.raises(ValueError, match=r"x\.jsonl:2: not a JSON object .*; see"):
+        list(read_jsonl(path, hint="; see"))  # a finished line that does not parse is corrupt
+
+
+def test_one_seed_function_for_drafts_and_nodes():
+    # the values the harness and search had before they shared request_seed
+    assert draft_seed(0, "q1", 3) == request_seed(0, "q1", (3,)) == node_seed(0, "q1", (3,)) == 2123574436
+    assert node_seed(7, "q1", (3, 0, 2)) == 2013337119

@@ -14,7 +14,7 @@ import pytest
 
 from metastone.eval.tasks import Example
 from metastone.engines import GenResult
-from metastone.harness.records import RecordStore
+from metastone.records import RecordStore
 from metastone.harness.runner import RunConfig, run
 from metastone.serve.scoring import TraceScore
 
