@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metastone.eval.code_grader import CodeGrader, CodeTest  # noqa: E402
-from metastone.eval.sandbox import Sandbox, SandboxConfig  # noqa: E402
+from metastone.sandbox.sandbox import Sandbox, SandboxConfig  # noqa: E402
 
 PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"
 

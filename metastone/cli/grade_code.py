@@ -38,7 +38,7 @@ def main(args) -> int:
     from metastone.eval import humaneval, livecodebench
     from metastone.eval.code_grader import CodeGrader
     from metastone.eval.extract import answer_region, last_code_block
-    from metastone.eval.sandbox import SandboxConfig
+    from metastone.sandbox.sandbox import SandboxConfig
 
     try:
         problem = json.loads(read_text_arg(args.problem, "--problem"))

@@ -2,8 +2,8 @@
 
 One grader per benchmark serves both evaluation and RL reward. ``tasks.TASKS`` maps a task name to
 its ``Task`` class (load, prompt, grade, answer keys for voting, summary); see docs/eval.md.
-The names below are imported lazily, so ``metastone.eval.sandbox`` (standard library only) can be
-used without math-verify, and the grader worker processes start fast.
+Programs run in ``metastone.sandbox`` (process isolation, standard library only). The names below
+are imported lazily, so the grader worker processes start fast.
 """
 
 from __future__ import annotations

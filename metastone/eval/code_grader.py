@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Sequence
 
-from metastone.eval.sandbox import RunResult, Sandbox, SandboxConfig
+from metastone.sandbox.sandbox import RunResult, Sandbox, SandboxConfig
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 from math_verify import parse, verify
 
 from metastone.eval.extract import answer_region, last_boxed
-from metastone.eval.worker_pool import TimeoutPool
+from metastone.sandbox.worker_pool import TimeoutPool
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from metastone.eval import ceval_grader, demo_task, humaneval, livecodebench
 from metastone.eval.code_grader import CodeGrader
 from metastone.eval.extract import answer_region, last_code_block
 from metastone.eval.math_grader import MathGrader
-from metastone.eval.sandbox import SandboxConfig
+from metastone.sandbox.sandbox import SandboxConfig
 from metastone.records import read_jsonl
 
 logger = logging.getLogger(__name__)

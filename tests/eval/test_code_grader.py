@@ -3,7 +3,7 @@
 import pytest
 
 from metastone.eval.code_grader import CodeGrader, CodeTest, stdout_matches
-from metastone.eval.sandbox import SandboxConfig
+from metastone.sandbox.sandbox import SandboxConfig
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 
 from metastone.eval.humaneval import humaneval_program, load_humaneval
-from metastone.eval.sandbox import SandboxConfig
+from metastone.sandbox.sandbox import SandboxConfig
 from metastone.eval.tasks import HumanEval
 
 

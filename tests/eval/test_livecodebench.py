@@ -10,7 +10,7 @@ import pytest
 from metastone.eval.livecodebench import (
     decode_test_cases, encode_test_cases, lcb_prompt, load_livecodebench, parse_problem, release_files,
 )
-from metastone.eval.sandbox import SandboxConfig
+from metastone.sandbox.sandbox import SandboxConfig
 from metastone.eval.tasks import LiveCodeBench
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from metastone.eval import sandbox as sandbox_module
+from metastone.sandbox import sandbox as sandbox_module
 from metastone.eval.code_grader import CodeGrader, CodeTest
-from metastone.eval.sandbox import Sandbox, SandboxConfig
+from metastone.sandbox.sandbox import Sandbox, SandboxConfig
 
 TIMEOUT_S = 2.0  # hostile programs' clock: short, yet well above a loaded machine's start-up time
 ECHO_TEST = CodeTest("stdin", "21 21\n", "42\n")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from metastone.eval.worker_pool import TimeoutPool
+from metastone.sandbox.worker_pool import TimeoutPool
 
 
 def slow_square(x):

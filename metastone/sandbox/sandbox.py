@@ -4,7 +4,7 @@ Every code test runs in its own process through ``Sandbox.run``. Layers (offline
 
 1. rlimits: CPU seconds, address space, file size, open files, process count and core size 0,
    set before the program starts;
-2. a supervisor (``metastone/eval/sandbox_supervisor.py``) starts the program in a new session and
+2. a supervisor (``metastone/sandbox/sandbox_supervisor.py``) starts the program in a new session and
    returns only when the whole process tree is dead: it is a child subreaper (a daemonized
    grandchild comes back to it, never to init), puts the program in its own cgroup v2 where one can
    be made (``cgroup.kill``), and on the program's exit or the wall-clock deadline kills the process
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from metastone.eval.uid_pool import kill_uid_processes, uid_pool, uid_processes
+from metastone.sandbox.uid_pool import kill_uid_processes, uid_pool, uid_processes
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Why not ``concurrent.futures``: its ``result(timeout)`` stops waiting but leaves
 math-verify's own timeout uses ``signal.alarm`` and fails off the main thread (offline-assets.md,
 section 3), so the graders call it with timeouts disabled and enforce time here instead.
 
-Each worker is a fresh interpreter (``python -m metastone.eval.worker_pool --fd N``) joined to the
+Each worker is a fresh interpreter (``python -m metastone.sandbox.worker_pool --fd N``) joined to the
 parent by a socket pair. Unlike ``multiprocessing``'s spawn, it never re-imports the caller's
 ``__main__``, so a script without an ``if __name__ == "__main__"`` guard works, and it is safe beside
 threads and CUDA (nothing is forked from the parent's state). ``map(fn, items)`` hands one item at a
@@ -75,7 +75,7 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "metastone.eval.worker_pool", "--fd", str(child_sock.fileno())],
+            [sys.executable, "-m", "metastone.sandbox.worker_pool", "--fd", str(child_sock.fileno())],
             pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL)
         child_sock.close()
         self.conn = Connection(parent_sock.detach())
