@@ -41,7 +41,8 @@ def make_parser(subparsers):
 
 def main(args) -> int:
     from metastone.eval.tasks import load_task
-    from metastone.metrics.report import evaluate, format_report
+    from metastone.metrics.format import format_report
+    from metastone.metrics.report import evaluate
 
     with load_task(args.task, args.input_file) as task:
         report, questions = evaluate(task, args.result_paths, args.N, bootstrap=args.bootstrap, seed=args.seed,

@@ -1,6 +1,6 @@
 """``--plot DIR``: accuracy vs N per selection rule, and step scores of selected vs rejected drafts.
 
-Two PNGs from a report of ``metastone.metrics.report``:
+Two PNGs from a report of ``metastone.metrics.report.evaluate``:
 
 - ``accuracy_vs_n.png``: every rule at N = 1, 2, 4, ... up to the most drafts per question (plus
   the asked N), mean over questions with its bootstrap 95% band (group averages as dotted lines);
@@ -18,7 +18,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from metastone.metrics.report import RULES, Question
+from metastone.metrics.compute import RULES
+from metastone.metrics.load import Question
 from metastone.metrics.selection import rank_order
 
 logger = logging.getLogger(__name__)

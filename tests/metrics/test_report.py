@@ -12,7 +12,9 @@ import pytest
 from metastone.cli import SUBCOMMANDS
 from metastone.cli import metric as metric_cli
 from metastone.eval.tasks import load_task
-from metastone.metrics.report import evaluate, format_report, parse_ns
+from metastone.metrics.compute import parse_ns
+from metastone.metrics.format import format_report
+from metastone.metrics.report import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_IDS = ["demo-test-00000", "demo-test-00001", "demo-test-00002"]  # answers 2, 2, 13
