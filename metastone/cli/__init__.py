@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "prepare-data": "metastone.data.prepare",
     "train-sprm": "metastone.cli.train_sprm",
     "demo": "metastone.cli.demo",
+    "demo-train": "metastone.cli.demo_train",
 }
 
 

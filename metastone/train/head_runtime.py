@@ -48,6 +48,14 @@ def group_size(group) -> int:
     return dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
 
 
+def initial_head(hidden_size: int, dropout: float = 0.5) -> SPRMHead:
+    """The fresh head every training run starts from (fixed seed: the same on every rank and every
+    run, whatever the global RNG has done; the global RNG is untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(HEAD_INIT_SEED)
+        return SPRMHead(hidden_size, dropout=dropout)
+
+
 class SPRMHeadRuntime:
     """Owns the head, its optimizer and scheduler; the engine calls it at fixed points of a step.
 
@@ -81,10 +89,7 @@ class SPRMHeadRuntime:
         self.skipped_steps = 0
 
     def _build_head(self, hidden_size: int) -> SPRMHead:
-        # Same init on every rank, whatever the global RNG has done so far; the global RNG is untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(HEAD_INIT_SEED)
-            head = SPRMHead(hidden_size, dropout=self.config.dropout)
+        head = initial_head(hidden_size, self.config.dropout)
         if self.config.init_head_path:
             loaded, _ = load_head(self.config.init_head_path, hidden_size=hidden_size)
             head.load_state_dict(loaded.state_dict())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytestmark = pytest.mark.train
@@ -104,6 +106,7 @@ def test_cpu_run_selects_the_cpu_platform_everywhere(data_files, monkeypatch):
 
     for key in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES"):  # restored after the test
         monkeypatch.setenv(key, "")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = get_platform()
     cfg = compose_config(["preset=cpu_tiny", "trainer.n_gpus_per_node=2", *data_files])
     try:
@@ -115,6 +118,25 @@ def test_cpu_run_selects_the_cpu_platform_everywhere(data_files, monkeypatch):
     assert cfg.ray_kwargs.ray_init.num_gpus == 2  # one logical slot per training process
     env_vars = cfg.ray_kwargs.ray_init.runtime_env.env_vars
     assert env_vars.VERL_PLATFORM == "cpu" and "metastone.train.cpu_platform" in env_vars.VERL_USE_EXTERNAL_MODULES
+    # the cores shared by the training processes (Ray would give each actor one thread)
+    assert int(env_vars.OMP_NUM_THREADS) == max(1, len(os.sched_getaffinity(0)) // 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a user's setting wins
+    assert "OMP_NUM_THREADS" not in prepare_cpu_run(compose_config(["preset=cpu_tiny", *data_files]))
+
+
+def test_demo_preset_is_valid_and_matches_the_evaluation(tiny_model_dir, data_files):
+    from metastone.eval.tasks import Demo
+    from metastone.train.__main__ import compose_config
+
+    c = compose_config(["preset=demo_smollm2", *data_files])
+    rollout, sprm = c.actor_rollout_ref.rollout, c.actor_rollout_ref.sprm
+    # the rollout samples as the evaluation does (metastone demo: T=0.7, top-p 0.95, 64 tokens)
+    assert (rollout.temperature, rollout.top_p, c.data.max_response_length) == (0.7, 0.95, 64)
+    assert rollout.name == "hf" and rollout.calculate_log_probs and c.algorithm.rollout_correction.bypass_mode
+    assert c.reward.custom_reward_function.name == "demo_compute_score" and not Demo.use_chat_template
+    assert list(sprm.separators) == ["."] and sprm.think_tokens is None and sprm.hidden_size == 576
+    # one update per prompt group: the head scores each group before it trains on it
+    assert c.actor_rollout_ref.actor.ppo_mini_batch_size == 1
 
 
 def test_cli_reports_errors_without_a_traceback(capsys):
