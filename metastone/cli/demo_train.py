@@ -153,8 +153,8 @@ def export(out: Path, steps: int) -> Path:
     return target
 
 
-def base_with_head(out: Path, policy: Path, trained: Path) -> Path:
-    """``out/base-model``: the base policy's files with the jointly trained head beside them."""
+def base_with_head(out: Path, trained: Path) -> Path:
+    """``out/base/model``: links to the base policy's files with the jointly trained head beside them."""
     from metastone.cli.demo import prepare_model_folder
 
     return prepare_model_folder(out / "base", trained)
@@ -328,14 +328,15 @@ def main(args) -> int:
     questions = question_file(out, args.questions)
     t0 = time.monotonic()
     results = {}
-    for name, model in (("SmolLM2 before training", base_with_head(out, policy, trained)),
+    for name, model in (("SmolLM2 before training", base_with_head(out, trained)),
                         (f"after {args.steps} joint steps", trained)):
-        drafts = out / f"drafts-{'base' if model != trained else 'trained'}-{args.questions}x{args.drafts}.jsonl"
+        # named by the step whose head scores them (and, for "trained", whose policy wrote them)
+        drafts = out / f"drafts-{'base' if model != trained else 'trained'}-step{args.steps}-{args.questions}x{args.drafts}.jsonl"
         sample(model, questions, drafts, args.drafts, args.seed, not args.no_progress)
         results[name] = evaluate_drafts(questions, drafts, args.drafts)
     heads = {"fresh head (step 0)": write_initial_head(out, trained), f"joint head (step {args.steps})": trained,
              "offline-fitted head (shipped)": demo_head_path()}
-    base_drafts = out / f"drafts-base-{args.questions}x{args.drafts}.jsonl"
+    base_drafts = out / f"drafts-base-step{args.steps}-{args.questions}x{args.drafts}.jsonl"
     head_results = compare_heads(base_drafts, questions, policy, heads)
     eval_s = time.monotonic() - t0
     steps = read_step_metrics(out / "ckpt")
