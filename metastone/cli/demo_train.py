@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,12 +58,16 @@ def make_parser(subparsers):
     p.add_argument("--drafts", type=int, default=8, help="drafts per question in the evaluation (K >= 2)")
     p.add_argument("--seed", type=int, default=0, help="data order and sampling seed")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="extra hydra overrides for the training run (e.g. actor_rollout_ref.sprm.lr=3e-3)")
+    p.add_argument("overrides", nargs="*", help="extra hydra overrides for the training run (e.g. actor_rollout_ref.sprm.lr=5e-5)")
     p.set_defaults(func=main)
     return p
 
 
 # ---------------------------------------------------------------------------------------------- stages
+class StageFailed(Exception):
+    """A stage left work undone; its message says where to look and that rerunning resumes."""
+
+
 def write_data(out: Path) -> tuple[Path, Path]:
     from metastone.data.prepare import demo_rows, write_parquet
 
@@ -130,9 +135,9 @@ def train(out: Path, model: Path, data: tuple[Path, Path], steps: int, seed: int
                 break
             time.sleep(2)
     if proc.returncode != 0:
-        raise RuntimeError(f"training failed (exit {proc.returncode}); see {log}. Rerun the same command to resume.")
+        raise StageFailed(f"training failed (exit {proc.returncode}); see {log}. Rerun the same command to resume.")
     if last_step(ckpt) < steps:
-        raise RuntimeError(f"training stopped at step {last_step(ckpt)} of {steps}; see {log}. Rerun to resume.")
+        raise StageFailed(f"training stopped at step {last_step(ckpt)} of {steps}; see {log}. Rerun to resume.")
 
 
 def export(out: Path, steps: int) -> Path:
@@ -143,8 +148,6 @@ def export(out: Path, steps: int) -> Path:
         return target
     actor = out / "ckpt" / f"global_step_{steps}" / "actor"
     partial = out / "model.partial"
-    import shutil
-
     shutil.rmtree(partial, ignore_errors=True)
     export_checkpoint(actor, partial)
     (partial / ".exported_step").write_text(f"{steps}\n")
@@ -170,7 +173,7 @@ def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, p
         argv.append("--no_progress")
     args = build_parser().parse_args(argv)
     if args.func(args) != 0:
-        raise RuntimeError(f"sampling left failed drafts in {drafts_file}; rerun the same command to finish them.")
+        raise StageFailed(f"sampling left failed drafts in {drafts_file}; rerun the same command to finish them.")
 
 
 def evaluate_drafts(questions: Path, drafts_file: Path, k: int) -> dict:
@@ -303,6 +306,14 @@ def format_heads(results: dict[str, dict], k: int) -> str:
 
 
 def main(args) -> int:
+    try:
+        return run(args)
+    except StageFailed as exc:
+        print(f"metastone demo-train: {exc}", file=sys.stderr)
+        return 1
+
+
+def run(args) -> int:
     from metastone.assets.smollm2 import demo_head_path, demo_model_dir
 
     if args.steps < 1 or args.drafts < 2 or args.questions < 1:
