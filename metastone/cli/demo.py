@@ -142,7 +142,6 @@ def step_view(records_path: Path, report: dict, tokenizer, max_questions: int = 
 
 def main(args) -> int:
     from metastone.assets.smollm2 import demo_head_path
-    from metastone.cli import build_parser
     from metastone.eval.tasks import load_task
     from metastone.metrics.plots import write_plots
     from metastone.metrics.report import evaluate
@@ -164,19 +163,30 @@ def main(args) -> int:
           f"(the test/inference.py harness, {args.backend} in-process, {dtype}; resumable)", file=sys.stderr)
     # The demo's sampling, not the paper's defaults (metastone.sampling.Sampling): 64 tokens, temperature 0.7,
     # no repetition penalty, as the shipped head was fitted (metastone.fit.FitConfig's defaults).
-    infer_argv = ["infer", "--task", "demo", "--input_file", str(questions), "--output_file", str(drafts),
-                  "--model_dir", str(model), "--backend", args.backend, "--n_samples", str(args.drafts),
-                  "--seed", str(args.seed), "--max_tokens", "64", "--temperature", "0.7", "--top_p", "0.95",
-                  "--repetition_penalty", "1.0", "--max_model_len", "512",
-                  "--dtype", dtype]
-    if args.no_progress:
-        infer_argv.append("--no_progress")
-    infer_args = build_parser().parse_args(infer_argv)
+    from transformers import AutoTokenizer
+
+    from metastone.engines import EngineConfig, make_engines
+    from metastone.harness.infer import infer, run_config
+
     t0 = time.monotonic()
-    rc = infer_args.func(infer_args)
-    if rc != 0:
+    with load_task("demo", questions) as task:
+        cfg = run_config(task, drafts, model, args.drafts, local=True, seed=args.seed, max_tokens=64, temperature=0.7,
+                         top_p=0.95, repetition_penalty=1.0)
+        engines = EngineConfig(model_dir=str(model), backend=args.backend, dtype=dtype, max_model_len=512)
+
+        def bar():
+            from tqdm import tqdm
+
+            return tqdm(unit="draft", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+
+        stats = infer(cfg, task, AutoTokenizer.from_pretrained(model), lambda: make_engines(engines), progress=bar)
+    logger.info("%s: %d drafts written this run, %d in total (%d were already done)", drafts, stats.drafts_done,
+                stats.total, stats.before)
+    if stats.failures:
+        for f in stats.failures:
+            logger.error("failed: %s", f)
         print(f"metastone demo: sampling left failed drafts; rerun `metastone demo --out {out}` to finish them.", file=sys.stderr)
-        return rc
+        return 1
     sample_s = time.monotonic() - t0
     print("[3/3] metrics", file=sys.stderr)
     with load_task("demo", questions) as task:

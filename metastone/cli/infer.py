@@ -128,14 +128,14 @@ def engine_config(args):
 async def _main(args) -> int:
     from transformers import AutoTokenizer
 
+    from metastone.engines import make_engines
     from metastone.eval.tasks import load_task
-    from metastone.records import RecordStore
-    from metastone.harness.runner import RunConfig, check_or_save_config, file_sha256, run, run_search_questions
+    from metastone.harness.infer import infer_async, run_config
 
     _check_strategy_flags(args)
     task = load_task(args.task, args.input_file)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    chat = {"on": True, "off": False}.get(args.chat_template, getattr(task, "use_chat_template", True))
+    chat = {"on": True, "off": False}.get(args.chat_template)
     stop = tuple(getattr(task, "stop", ()) or ())
     search = None
     if args.strategy != "bon":
@@ -147,41 +147,32 @@ async def _main(args) -> int:
             raise ValueError(f"{exc} Search cuts steps at the SPRM head's separators: pass --head_path (a head "
                              "folder with sprm_config.json, or score_module.pt for the paper's '.\\n\\n').") from None
         search = search_options(args, stop, spec.separator_ids)
-    from metastone.engines import make_engines
-
     engines = make_engines(engine_config(args))
-    local = engines.backend != "server"
-    cfg = RunConfig(
-        task=args.task, output_file=args.output_file, drafts_per_question=args.n_samples * args.branch,
-        model=str(args.model_dir).rstrip("/").split("/")[-1], input_file=task.source,
-        input_sha256=file_sha256(task.source) if task.source and Path(task.source).is_file() else "",
+    cfg = run_config(
+        task, args.output_file, args.model_dir, args.n_samples * args.branch, local=engines.backend != "server",
+        n_urls=engines.n_urls, chat_template=chat, batch_size=args.batch_size, workers=args.workers,
         seed=args.seed, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, stop=stop, chat_template=chat,
-        total_parts=args.total_parts, part=args.part, batch_size=args.batch_size or (16 if local else 8),
-        workers=args.workers or ((1 if search is None else 8) if local else 2 * engines.n_urls), max_retries=args.max_retries, group_by_question=local,
-        **({"strategy": args.strategy, "search": search} if search else {}),
+        repetition_penalty=args.repetition_penalty, total_parts=args.total_parts, part=args.part,
+        max_retries=args.max_retries, **({"strategy": args.strategy, "search": search} if search else {}),
     )
-    check_or_save_config(cfg)
+    searcher = None
+    if search is not None:
+        from metastone.search import record_searcher
+
+        def searcher(eng):
+            return record_searcher(cfg.strategy, cfg.search, eng.generator, eng.scorer, tokenizer, stop)
     from tqdm import tqdm
 
     unit = "draft" if search is None else "question"
     progress = tqdm(unit=unit, disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
     try:
-        with RecordStore(args.output_file) as store:
-            before = len(store)
-            if search is None:
-                stats = await run(cfg, task, tokenizer, engines.generator, engines.scorer, store, progress)
-            else:
-                from metastone.search import record_searcher
-
-                searcher = record_searcher(cfg.strategy, cfg.search, engines.generator, engines.scorer, tokenizer, stop)
-                stats = await run_search_questions(cfg, task, tokenizer, searcher, store, progress)
-            total = len(store)
+        stats = await infer_async(cfg, task, tokenizer, engines, progress=progress, searcher=searcher)
     finally:
         progress.close()
         await engines.close()
         task.close()
-    logger.info("%s: %d drafts written this run, %d in total (%d were already done)", args.output_file, stats.drafts_done, total, before)
+    logger.info("%s: %d drafts written this run, %d in total (%d were already done)", args.output_file, stats.drafts_done,
+                stats.total, stats.before)
     if stats.failures:
         for f in stats.failures:
             logger.error("failed: %s", f)

@@ -19,7 +19,6 @@ as the original) or leaves them out of the loss (``exclude``). The report counts
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -91,35 +90,31 @@ def is_heldout(seed: int, question_id: str, frac: float) -> bool:
 def sample_drafts(cfg: FitConfig, task, tokenizer, out: Path, progress: bool) -> None:
     from tqdm import tqdm
 
-    from metastone.engines import LocalGenerator
-    from metastone.records import RecordStore
-    from metastone.harness.runner import RunConfig, file_sha256, pending_requests, run
-    from metastone.harness.runner import check_or_save_config as check_run
+    from metastone.engines import Engines, LocalGenerator
+    from metastone.harness.infer import infer, run_config
 
-    rc = RunConfig(task=task.name, output_file=str(out / DRAFTS), drafts_per_question=cfg.n_drafts,
-                   model=Path(cfg.model).name, input_file=task.source,
-                   input_sha256=file_sha256(task.source) if task.source and Path(task.source).is_file() else "",
-                   seed=cfg.seed, max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                   repetition_penalty=cfg.repetition_penalty, stop=tuple(task.stop or ()),
-                   chat_template=task.use_chat_template, batch_size=cfg.n_drafts * max(1, 32 // cfg.n_drafts),
-                   workers=1, group_by_question=cfg.backend == "hf")
-    check_run(rc)
-    with RecordStore(rc.output_file) as store:
-        if not pending_requests(rc, task, tokenizer, store):
-            logger.info("stage 1/4: all %d x %d drafts already sampled", len(task), cfg.n_drafts)
-            return
+    # the drafts' sampling is train-sprm's (FitConfig: 256 tokens, T=0.7, no repetition penalty), not the paper's
+    rc = run_config(task, out / DRAFTS, Path(cfg.model).name, cfg.n_drafts, local=True, seed=cfg.seed,
+                    max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                    repetition_penalty=cfg.repetition_penalty, batch_size=cfg.n_drafts * max(1, 32 // cfg.n_drafts),
+                    workers=1, group_by_question=cfg.backend == "hf")
+
+    def engines() -> Engines:
         kw = {}
         if cfg.backend == "vllm":
             import torch
 
             kw = {"enforce_eager": not torch.cuda.is_available(), "max_model_len": 2048, "seed": cfg.seed}
-        generator = LocalGenerator(cfg.backend, cfg.model, dtype="bfloat16" if cfg.backend == "vllm" else "float32", **kw)
-        bar = tqdm(desc="stage 1/4: sampling", unit="draft", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        try:
-            stats = asyncio.run(run(rc, task, tokenizer, generator, NullScorer(), store, bar))
-        finally:
-            bar.close()
-            asyncio.run(generator.close())
+        dtype = "bfloat16" if cfg.backend == "vllm" else "float32"
+        return Engines(cfg.backend, LocalGenerator(cfg.backend, cfg.model, dtype=dtype, **kw), NullScorer())
+
+    def bar():
+        return tqdm(desc="stage 1/4: sampling", unit="draft", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    stats = infer(rc, task, tokenizer, engines, progress=bar)
+    if stats.total == stats.before and not stats.failures:
+        logger.info("stage 1/4: all %d x %d drafts already sampled", len(task), cfg.n_drafts)
+        return
     if stats.failures:
         raise RuntimeError(f"{len(stats.failures)} drafts failed to generate (first: {stats.failures[0]}); rerun the "
                            "same command to retry them.")

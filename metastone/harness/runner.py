@@ -150,6 +150,8 @@ class RunStats:
     tokens: int = 0
     failures: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    before: int = 0  # records in the output when the run started (set by harness.infer)
+    total: int = 0  # records in the output when it ended
 
 
 def pending_requests(cfg: RunConfig, task, tokenizer, store: RecordStore) -> list[DraftRequest]:

@@ -67,6 +67,30 @@ def cfg(tmp_path, **kw):
                      chat_template=False, batch_size=5, workers=3, **kw)
 
 
+def test_infer_loads_engines_only_for_missing_drafts_and_closes_them(tmp_path):
+    from metastone.engines import Engines
+    from metastone.harness.infer import infer
+
+    made = []
+
+    class Closing(FakeScorer):
+        closed = False
+
+        async def close(self):
+            self.closed = True
+
+    def engines():
+        gen = FlakyGenerator()
+        gen.close = Closing().close
+        made.append(Engines("hf", gen, Closing()))
+        return made[-1]
+
+    stats = infer(cfg(tmp_path), FakeTask(2), FakeTokenizer(), engines)
+    assert (stats.before, stats.total, stats.drafts_done) == (0, 12, 12) and made[0].scorer.closed
+    again = infer(cfg(tmp_path), FakeTask(2), FakeTokenizer(), engines)  # finished: no engine is made
+    assert (again.before, again.total, again.drafts_done, len(made)) == (12, 12, 0, 1)
+
+
 def test_every_key_once_and_failures_retried_alone(tmp_path):
     gen, scorer = FlakyGenerator(), FakeScorer()
     with RecordStore(tmp_path / "o.jsonl") as store:
