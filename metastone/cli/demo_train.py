@@ -35,7 +35,7 @@ from pathlib import Path
 
 PRESET = "demo_smollm2"
 # the evaluation's sampling, as `metastone demo` (few-shot prompt, T=0.7, top-p 0.95, no repetition penalty)
-EVAL_SAMPLING = ["--max_tokens", "64", "--temperature", "0.7", "--top_p", "0.95", "--repetition_penalty", "1.0"]
+EVAL_SAMPLING = dict(max_tokens=64, temperature=0.7, top_p=0.95, repetition_penalty=1.0)
 # what each step prints: (label, metrics key, format)
 STEP_COLUMNS = (
     ("reward", "critic/score/mean", "{:.3f}"),
@@ -164,16 +164,26 @@ def base_with_head(out: Path, trained: Path) -> Path:
 
 
 def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, progress: bool) -> None:
-    from metastone.cli import build_parser
+    """K drafts per question with the harness (HF backend, float32 as in training; resumes a partial file)."""
+    from transformers import AutoTokenizer
 
-    argv = ["infer", "--task", "demo", "--input_file", str(questions), "--output_file", str(drafts_file),
-            "--model_dir", str(model), "--backend", "hf", "--n_samples", str(k), "--seed", str(seed),
-            *EVAL_SAMPLING]
-    if not progress:
-        argv.append("--no_progress")
-    args = build_parser().parse_args(argv)
-    if args.func(args) != 0:
-        raise StageFailed(f"sampling left failed drafts in {drafts_file}; rerun the same command to finish them.")
+    from metastone.engines import EngineConfig, make_engines
+    from metastone.eval.tasks import load_task
+    from metastone.harness.infer import infer, run_config
+
+    with load_task("demo", questions) as task:
+        cfg = run_config(task, drafts_file, model, k, local=True, seed=seed, **EVAL_SAMPLING)
+        engines = EngineConfig(model_dir=str(model), backend="hf", dtype="float32")
+
+        def bar():
+            from tqdm import tqdm
+
+            return tqdm(unit="draft", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+        stats = infer(cfg, task, AutoTokenizer.from_pretrained(model), lambda: make_engines(engines), progress=bar)
+    if stats.failures:
+        raise StageFailed(f"sampling left {len(stats.failures)} failed drafts in {drafts_file} (first: "
+                          f"{stats.failures[0]}); rerun the same command to finish them.")
 
 
 def evaluate_drafts(questions: Path, drafts_file: Path, k: int) -> dict:
