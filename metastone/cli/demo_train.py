@@ -163,8 +163,11 @@ def base_with_head(out: Path, trained: Path) -> Path:
     return prepare_model_folder(out / "base", trained)
 
 
-def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, progress: bool) -> None:
-    """K drafts per question with the harness (HF backend, float32 as in training; resumes a partial file)."""
+def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, progress: bool, dtype: str) -> None:
+    """K drafts per question with the harness (HF backend; resumes a partial file).
+
+    bfloat16 where the CPU has it natively, else float32 (emulated bfloat16 is slow; the rule of
+    ``metastone demo --dtype auto``); the dtype is in the drafts file's name."""
     from transformers import AutoTokenizer
 
     from metastone.engines import EngineConfig, make_engines
@@ -173,7 +176,7 @@ def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, p
 
     with load_task("demo", questions) as task:
         cfg = run_config(task, drafts_file, model, k, local=True, seed=seed, **EVAL_SAMPLING)
-        engines = EngineConfig(model_dir=str(model), backend="hf", dtype="float32")
+        engines = EngineConfig(model_dir=str(model), backend="hf", dtype=dtype)
 
         def bar():
             from tqdm import tqdm
@@ -342,22 +345,24 @@ def run(args) -> int:
     train_s = time.monotonic() - t0
     print("[4/5] export of the last step", file=sys.stderr)
     trained = export(out, args.steps)
-    print(f"[5/5] Best-of-{args.drafts} on the first {args.questions} test questions, before and after training",
-          file=sys.stderr)
+    print(f"[5/5] Best-of-{args.drafts} on the first {args.questions} test questions, before and after training "
+          "(HF backend; resumable)", file=sys.stderr)
     from metastone.cli.demo import question_file
 
-    questions = question_file(out, args.questions)
+    from metastone.serve.vllm_cpu import cpu_dtype
+
+    questions, dtype = question_file(out, args.questions), cpu_dtype("auto")
     t0 = time.monotonic()
     results = {}
     for name, model in (("SmolLM2 before training", base_with_head(out, trained)),
                         (f"after {args.steps} joint steps", trained)):
         # named by the step whose head scores them (and, for "trained", whose policy wrote them)
-        drafts = out / f"drafts-{'base' if model != trained else 'trained'}-step{args.steps}-{args.questions}x{args.drafts}.jsonl"
-        sample(model, questions, drafts, args.drafts, args.seed, not args.no_progress)
+        drafts = out / f"drafts-{'base' if model != trained else 'trained'}-step{args.steps}-{args.questions}x{args.drafts}-{dtype}.jsonl"
+        sample(model, questions, drafts, args.drafts, args.seed, not args.no_progress, dtype)
         results[name] = evaluate_drafts(questions, drafts, args.drafts)
     heads = {"fresh head (step 0)": write_initial_head(out, trained), f"joint head (step {args.steps})": trained,
              "offline-fitted head (shipped)": demo_head_path()}
-    base_drafts = out / f"drafts-base-step{args.steps}-{args.questions}x{args.drafts}.jsonl"
+    base_drafts = out / f"drafts-base-step{args.steps}-{args.questions}x{args.drafts}-{dtype}.jsonl"
     head_results = compare_heads(base_drafts, questions, policy, heads)
     eval_s = time.monotonic() - t0
     steps = read_step_metrics(out / "ckpt")
