@@ -216,13 +216,15 @@ def compare_heads(drafts_file: Path, questions: Path, policy: Path, heads: dict[
     """Each head's within-question AUROC and Best-of-K accuracy on the SAME drafts (the base policy's).
 
     Features are read once (``metastone.fit.features``: the prompt's cache shared by its drafts); each
-    head scores them as the harness does (step scores, geometric mean). Best-of-K averages over ties.
+    head scores them as the harness does (step scores, geometric mean); Best-of-K is the metrics' own
+    (``best_of_n_exact`` with n = K: the top-scored draft).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from metastone.eval.tasks import load_task
     from metastone.fit.features import question_features
+    from metastone.metrics.selection import best_of_n_exact
     from metastone.records import read_records
     from metastone.sprm import load_head, resolve_step_spec
     from metastone.sprm.aggregate import aggregate_list
@@ -265,8 +267,8 @@ def compare_heads(drafts_file: Path, questions: Path, policy: Path, heads: dict[
         bon = []
         for q in range(len(by_question)):
             in_q = groups == q
-            best = scores[in_q] == scores[in_q].max()
-            bon.append(float(labels[in_q][best].mean()))
+            correct, q_scores = labels[in_q].bool().tolist(), scores[in_q].tolist()
+            bon.append(best_of_n_exact(correct, q_scores, len(correct)))
         result[name] = {"within_q_auroc": sums["sprm/rank_wins"] / sums["sprm/rank_pairs"] if sums["sprm/rank_pairs"] else None,
                         "pairs": int(sums["sprm/rank_pairs"]), "bon": sum(bon) / len(bon)}
     return result

@@ -29,7 +29,6 @@ from metastone.data.prepare import COMPLETION_AGENT
 
 logger = logging.getLogger(__name__)
 
-AGENT_NAME = COMPLETION_AGENT
 AGENT_LOOPS_FILE = Path(__file__).resolve().parent / "agent_loops.yaml"
 
 
@@ -40,7 +39,7 @@ def completion_text(raw_prompt) -> str:
     messages = list(raw_prompt)
     if len(messages) != 1 or not isinstance(messages[0], dict) or not isinstance(messages[0].get("content"), str):
         raise ValueError(
-            f"agent {AGENT_NAME!r} needs a prompt of one message whose content is the completion text; got "
+            f"agent {COMPLETION_AGENT!r} needs a prompt of one message whose content is the completion text; got "
             f"{len(messages)} messages. Write the data with `python -m metastone.data.prepare --task demo`."
         )
     return messages[0]["content"]

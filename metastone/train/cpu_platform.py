@@ -221,13 +221,12 @@ def prepare_cpu_run(cfg) -> dict[str, str]:
         env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // max(1, processes)))
     if get_platform().device_name != PLATFORM_NAME:  # detected before the variable was set
         set_platform(PlatformCPU())
-    slots = processes
     with open_dict(cfg):
         if cfg.ray_kwargs.ray_init.get("num_gpus") is None:
-            cfg.ray_kwargs.ray_init.num_gpus = slots
-    if int(cfg.ray_kwargs.ray_init.num_gpus) < slots:
+            cfg.ray_kwargs.ray_init.num_gpus = processes
+    if int(cfg.ray_kwargs.ray_init.num_gpus) < processes:
         raise ValueError(
             f"ray_kwargs.ray_init.num_gpus={cfg.ray_kwargs.ray_init.num_gpus} < trainer.n_gpus_per_node x "
-            f"trainer.nnodes = {slots}: on CPU each training process takes one logical GPU slot; raise it."
+            f"trainer.nnodes = {processes}: on CPU each training process takes one logical GPU slot; raise it."
         )
     return env

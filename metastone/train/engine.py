@@ -222,12 +222,10 @@ class SPRMEngine(FSDPEngineWithLMHead):
         metrics["sprm/invalid_frac"] = float((outcome == OUTCOME_INVALID).float().mean())
         # 1 when this micro-batch had no trainer-written labels and fell back to the reward threshold
         metrics["sprm/label_fallback"] = float(OUTCOME_KEY not in data.keys())
-        if GROUP_KEY in data.keys():
+        if self._sprm_ranked is not None and GROUP_KEY in data.keys():  # inside train_batch
             valid = outcome != OUTCOME_INVALID
             with torch.no_grad():
                 traj = aggregate(torch.sigmoid(step_logits.detach()), mask & valid[:, None], cfg.aggregation)
-            if self._sprm_ranked is None:
-                self._sprm_ranked = []
             self._sprm_ranked.append((data[GROUP_KEY].reshape(-1).cpu(), traj.cpu(), outcome.cpu()))
         offsets = data["input_ids"].offsets()
         outputs = {

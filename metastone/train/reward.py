@@ -125,18 +125,19 @@ def compute_score(
     """
     truncated = bool((extra_info or {}).get("truncated", False))
     outcome = math_outcome(solution_str, ground_truth, truncated=truncated, think_end=think_end)
-    if outcome.label == OUTCOME_CORRECT:
-        score = correct_score
-    elif outcome.label == OUTCOME_WRONG:
-        score = wrong_score
-    else:
-        score = invalid_score
+    return reward_fields(outcome.label, truncated, correct_score, wrong_score, invalid_score)
+
+
+def reward_fields(label: float, truncated: bool, correct_score: float, wrong_score: float, invalid_score: float) -> dict:
+    """What a reward function returns for one graded response: the GRPO ``score`` for its SPR ``label``,
+    and numbers verl can average into metrics (``acc``, ``sprm_label``, ``truncated``, ``invalid``)."""
+    scores = {OUTCOME_CORRECT: correct_score, OUTCOME_WRONG: wrong_score}
     return {
-        "score": float(score),
-        "acc": float(outcome.label == OUTCOME_CORRECT),
-        "sprm_label": float(outcome.label),
+        "score": float(scores.get(label, invalid_score)),
+        "acc": float(label == OUTCOME_CORRECT),
+        "sprm_label": float(label),
         "truncated": float(truncated),
-        "invalid": float(not outcome.valid),
+        "invalid": float(label == OUTCOME_INVALID),
     }
 
 
@@ -162,14 +163,8 @@ def demo_compute_score(
     truncated = bool((extra_info or {}).get("truncated", False))
     value = None if truncated else parse_demo_answer(solution_str)
     if value is None:
-        label, score = OUTCOME_INVALID, invalid_score
+        label = OUTCOME_INVALID
     else:
         ok = any(str(value) == gt.replace(",", "") for gt in ground_truths(ground_truth))
-        label, score = (OUTCOME_CORRECT, correct_score) if ok else (OUTCOME_WRONG, wrong_score)
-    return {
-        "score": float(score),
-        "acc": float(label == OUTCOME_CORRECT),
-        "sprm_label": float(label),
-        "truncated": float(truncated),
-        "invalid": float(label == OUTCOME_INVALID),
-    }
+        label = OUTCOME_CORRECT if ok else OUTCOME_WRONG
+    return reward_fields(label, truncated, correct_score, wrong_score, invalid_score)
