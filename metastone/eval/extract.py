@@ -1,16 +1,10 @@
 """Pull the graded part out of a model response: the answer region, the last ``\\boxed{}``, the last code block.
 
-Every grader reads only the text after the thinking. The original MetaStone-S1 grading ran on
-``question + output`` and on the whole output, so a ``\\boxed{}`` in the prompt or an ``ANSWER:``
-inside the thinking could be graded (``metastone.eval.original_grading`` reproduces those rules as
-``--grading original``; docs/differences.md). The rule here:
-
-- the response contains ``</think>``: the answer region is the text after the LAST ``</think>``;
-- it contains ``<think>`` but no ``</think>``: the thinking never ended (truncated), no answer;
-- it contains neither: the whole response is the answer region (models without a think span).
-
-Chat templates that open the think span in the prompt leave only ``</think>`` in the response; the
-rule handles that case as the first one.
+Every grader, and the training reward, reads only the text after the thinking; ``answer_region``
+states that rule once. The original MetaStone-S1 grading ran on ``question + output`` and on the
+whole output, so a ``\\boxed{}`` in the prompt or an ``ANSWER:`` inside the thinking could be graded
+(``metastone.eval.original_grading`` reproduces those rules as ``--grading original``;
+docs/differences.md).
 """
 
 from __future__ import annotations
@@ -27,14 +21,35 @@ _FENCE_RE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)^[ \t]*
 PYTHON_TAGS = frozenset({"", "python", "python3", "py", "py3"})
 
 
-def answer_region(response: str, think_start: str = THINK_START, think_end: str = THINK_END) -> str | None:
-    """The part of ``response`` that is graded, or None for a truncated thinking (see module doc)."""
+def answer_region(
+    response: str,
+    think_start: str = THINK_START,
+    think_end: str | None = THINK_END,
+    *,
+    require_think: bool = False,
+) -> str | None:
+    """The part of ``response`` that is graded, or None when it has no answer. The one rule:
+
+    - the response contains ``think_end``: the text after the LAST ``think_end`` (chat templates
+      that open the think span in the prompt leave only ``</think>`` in the response: same case);
+    - it contains ``think_start`` but no ``think_end``: the thinking never ended (truncated): None;
+    - it contains neither: the whole response (models without a think span, e.g. the demo's), or
+      None with ``require_think=True``.
+
+    ``require_think=True`` is the training reward's strictness (``metastone.train.reward``): the
+    original release's reward took the answer only after ``</think>`` and gave none otherwise
+    (MetaStone-S1 ``verl/verl/utils/reward_score/math_v2.py``, ``extract_solution``). The graders
+    use the default, so models that never think can still be evaluated. ``think_end=None`` means
+    "no think span": the whole response is the answer region.
+    """
     if not isinstance(response, str):
         raise ValueError(f"response must be a str, got {type(response).__name__}.")
+    if not think_end:
+        return response
     end = response.rfind(think_end)
     if end >= 0:
         return response[end + len(think_end):]
-    if think_start in response:
+    if require_think or (think_start and think_start in response):
         return None
     return response
 

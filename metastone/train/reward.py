@@ -9,16 +9,19 @@ Every rollout gets two things from one grading:
   loss: the step scores of a response that never finished, or whose answer cannot be read, say
   nothing about whether its steps lead to a right answer.
 
-Grading reads only the text after the LAST ``</think>`` (the answer part, never the thinking or the
-prompt) and only its LAST ``\\boxed{...}``, verified against the ground truth with math-verify.
+Grading reads only the answer region (``metastone.eval.extract.answer_region`` with
+``require_think=True``: the text after the LAST ``</think>``, never the thinking or the prompt; a
+response without ``</think>``, think tags or not, has no answer, as in the original release's reward)
+and only its LAST ``\\boxed{...}``, verified against the ground truth with math-verify.
 
-Invalid means: truncated at the response-length limit, no ``</think>`` (thinking never closed), no
+Invalid means: truncated at the response-length limit, no ``</think>`` (no answer region), no
 ``\\boxed{}`` after it, or a box math-verify cannot parse. The label is a separate field; nothing is
 encoded in, or later edited out of, the reward value (the original kept a 0.1 sentinel in the
 reward tensor and zeroed it in place, which also erased its own mask).
 
-Box extraction and answer equivalence are the evaluation's own (``metastone.eval.extract``,
-``metastone.eval.math_grader``): the reward and the benchmark numbers come from one grader.
+Answer region, box extraction and answer equivalence are the evaluation's own
+(``metastone.eval.extract``, ``metastone.eval.math_grader``): the reward and the benchmark numbers
+come from one grader; only the reward's strictness on a response without think tags differs.
 """
 
 from __future__ import annotations
@@ -26,13 +29,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from metastone.eval.extract import last_boxed
+from metastone.eval.extract import THINK_END, answer_region, last_boxed
 from metastone.eval.math_grader import parse_answer, parse_gold
 from metastone.sprm.loss import OUTCOME_CORRECT, OUTCOME_INVALID, OUTCOME_WRONG
 
 logger = logging.getLogger(__name__)
-
-THINK_END = "</think>"
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,10 @@ def math_outcome(
     """
     if truncated:
         return MathOutcome(OUTCOME_INVALID, "truncated")
-    if think_end:
-        cut = solution_str.rfind(think_end)
-        if cut < 0:
-            return MathOutcome(OUTCOME_INVALID, "no_think_end")
-        solution_str = solution_str[cut + len(think_end) :]
-    answer = last_boxed(solution_str)
+    region = answer_region(solution_str, think_end=think_end, require_think=True)
+    if region is None:
+        return MathOutcome(OUTCOME_INVALID, "no_think_end")
+    answer = last_boxed(region)
     if answer is None or not answer.strip():
         return MathOutcome(OUTCOME_INVALID, "no_boxed_answer")
     results = [grade_boxed(answer, gt) for gt in ground_truths(ground_truth)]

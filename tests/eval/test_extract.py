@@ -18,6 +18,34 @@ def test_answer_region_without_think_tags_is_everything():
     assert answer_region("just \\boxed{3}") == "just \\boxed{3}"
 
 
+# The one answer-extraction rule, on the three shapes of a response (closed thinking, unclosed
+# thinking, no think tags), for the graders (default) and the training reward (require_think=True).
+THINK_SHAPES = [
+    ("<think>steps.\n\n</think>So \\boxed{5}.", "So \\boxed{5}.", "So \\boxed{5}."),
+    ("<think>still thinking about \\boxed{5}", None, None),
+    ("So \\boxed{5}.", "So \\boxed{5}.", None),
+]
+
+
+@pytest.mark.parametrize("response, graders, reward", THINK_SHAPES)
+def test_answer_region_one_rule_two_strictnesses(response, graders, reward):
+    assert answer_region(response) == graders
+    assert answer_region(response, require_think=True) == reward
+
+
+def test_answer_region_without_think_span_is_everything():
+    assert answer_region("<think>a</think>b", think_end=None) == "<think>a</think>b"
+    assert answer_region("no tags", think_end=None, require_think=True) == "no tags"
+
+
+@pytest.mark.parametrize("response, graders, _reward", THINK_SHAPES)
+def test_math_grader_reads_the_answer_region(response, graders, _reward):
+    from metastone.eval.math_grader import extract_answer
+
+    answer, reason = extract_answer(response)
+    assert (answer, reason) == (("5", "boxed") if graders is not None else (None, "unfinished_thinking"))
+
+
 def test_answer_region_rejects_non_text():
     with pytest.raises(ValueError, match="must be a str"):
         answer_region(None)

@@ -48,6 +48,24 @@ def test_math_outcome_labels(response, truncated, label, reason):
     assert (outcome.label, outcome.reason) == (label, reason)
 
 
+@pytest.mark.parametrize(
+    "response, label",
+    [
+        ("<think>steps.\n\n</think>So \\boxed{5}.", 1.0),  # thinking closed: graded
+        ("<think>still thinking about \\boxed{5}", -1.0),  # thinking never closed: no answer
+        ("So \\boxed{5}.", -1.0),  # no think tags: no answer (the original's reward), graded by the evaluation
+    ],
+)
+def test_reward_uses_the_evaluations_answer_region_strictly(response, label):
+    from metastone.eval.extract import answer_region
+    from metastone.train import reward
+
+    assert reward.answer_region is answer_region  # one implementation, not a copy
+    outcome = reward.math_outcome(response, "5")
+    assert outcome.label == label
+    assert (outcome.reason == "no_think_end") == (answer_region(response, require_think=True) is None)
+
+
 def test_ground_truth_forms():
     from metastone.train.reward import math_outcome
 
