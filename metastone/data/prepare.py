@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from metastone.records import read_jsonl
+
 logger = logging.getLogger(__name__)
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -36,14 +38,7 @@ def read_records(path: str | Path) -> list[dict]:
         raise ValueError(f"--input {path}: no such file.")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({exc}).") from exc
-        return rows
+        return [row for _, row in read_jsonl(path, hint="; fix or remove that line.", partial_tail=False)]
     if suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list):

@@ -41,6 +41,17 @@ def test_verl_style_rows_and_existing_box_instruction(tmp_path):
         read_records(tmp_path / "a.txt")
 
 
+def test_jsonl_torn_line_is_an_error_naming_file_and_line(tmp_path):
+    from metastone.data.prepare import read_records
+
+    src = tmp_path / "p.jsonl"
+    src.write_text('{"problem": "Q1", "answer": 1}\n\n{"problem": "Q2", "ans')  # task data: even the last line
+    with pytest.raises(ValueError, match=r"p\.jsonl:3: .*fix or remove that line"):
+        read_records(src)
+    src.write_text('{"problem": "Q1", "answer": 1}\n\n{"problem": "Q2", "answer": 2}\n')
+    assert [r["answer"] for r in read_records(src)] == [1, 2]
+
+
 def test_prepared_rows_grade_with_the_training_reward(tmp_path):
     from metastone.data.prepare import to_verl_rows
     from metastone.train.reward import compute_score
