@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from metastone.sprm.aggregate import check_aggregation
+from metastone.sprm.config import HEAD_OPTIONS, SPRMConfig
 from metastone.sprm.loss import INVALID_OUTCOMES
 
 # Options that change the sampled drafts or the extracted features: a resumed run must agree on them.
@@ -71,17 +71,19 @@ class FitConfig:
             raise ValueError("train-sprm: need --lr > 0, --weight-decay >= 0 and --pos-weight > 0.")
         if self.feature_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"train-sprm: --feature-dtype must be float32, bfloat16 or float16, got {self.feature_dtype!r}.")
-        if not self.separators or not all(isinstance(s, str) and s for s in self.separators):
-            raise ValueError(f"train-sprm: --separators must be non-empty strings, got {self.separators!r}.")
-        object.__setattr__(self, "separators", tuple(self.separators))
-        if self.think_tokens is not None:
-            if len(self.think_tokens) != 2:
-                raise ValueError(f"train-sprm: --think-tokens takes two strings (start end), got {self.think_tokens!r}.")
-            object.__setattr__(self, "think_tokens", tuple(self.think_tokens))
-        check_aggregation(self.aggregation)
+        # the head options, validated (and normalised: lists -> tuples) by SPRMConfig itself, up front;
+        # the hidden size is the model's, read after sampling (a placeholder here)
+        head = self.head_config(1)
+        for key in HEAD_OPTIONS:
+            object.__setattr__(self, key, getattr(head, key))
         if self.invalid_outcome not in INVALID_OUTCOMES:
             raise ValueError(f"train-sprm: --invalid-outcome must be one of {', '.join(INVALID_OUTCOMES)}, "
                              f"got {self.invalid_outcome!r}.")
+
+    def head_config(self, hidden_size: int) -> SPRMConfig:
+        """The ``SPRMConfig`` saved beside the fitted head, for a backbone of ``hidden_size``."""
+        return SPRMConfig.checked(lambda key: f"train-sprm: --{key.replace('_', '-')}", hidden_size=hidden_size,
+                                  **{key: getattr(self, key) for key in HEAD_OPTIONS})
 
     def data_content(self) -> dict:
         data = asdict(self)

@@ -249,7 +249,7 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     from metastone.fit.trainer import train_head
-    from metastone.sprm import OUTCOME_INVALID, OUTCOME_WRONG, SPRMConfig
+    from metastone.sprm import OUTCOME_INVALID, OUTCOME_WRONG
     from metastone.sprm.io import save_head
     from metastone.sprm.steps import resolve_step_spec
 
@@ -283,9 +283,7 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
                     row.get(f"heldout_bon@{cfg.n_drafts}") or 0.0)
 
     head, history, best_epoch = train_head(train, held, hidden, cfg, out / STATE, on_epoch=show)
-    sprm_cfg = SPRMConfig(hidden_size=hidden, feature_layer=cfg.feature_layer, separators=cfg.separators,
-                          think_tokens=cfg.think_tokens, aggregation=cfg.aggregation, dropout=cfg.dropout)
-    save_head(head, out, sprm_cfg, released_format=True)
+    save_head(head, out, cfg.head_config(hidden), released_format=True)
     (out / "fit_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     best = next(h for h in history if h["epoch"] == best_epoch)
     n_steps = [it.features.shape[0] for it in train + held]

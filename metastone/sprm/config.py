@@ -5,12 +5,25 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Callable
 
-from metastone.sprm.aggregate import check_aggregation
+from metastone.sprm.aggregate import AGGREGATIONS
 from metastone.sprm.steps import CHINESE_SEPARATORS, DEFAULT_SEPARATORS, DEFAULT_THINK_TOKENS
 
 CONFIG_FORMAT_VERSION = 1
 LANG_SEPARATORS = {"en": DEFAULT_SEPARATORS, "zh": CHINESE_SEPARATORS}
+# The head options (besides hidden_size) that the trainer's and train-sprm's configs expose under the
+# same names and validate through SPRMConfig.checked.
+HEAD_OPTIONS = ("feature_layer", "separators", "think_tokens", "aggregation", "dropout")
+
+
+class HeadOptionError(ValueError):
+    """A head option out of range: the field, the value received and what is expected, so that a
+    caller can name the option as its users write it (``SPRMConfig.checked``)."""
+
+    def __init__(self, field_name: str, value: Any, expected: str):
+        self.field_name, self.value, self.expected = field_name, value, expected
+        super().__init__(f"SPRMConfig.{field_name}={value!r} is invalid: expected {expected}.")
 
 
 @dataclass(frozen=True)
@@ -39,25 +52,34 @@ class SPRMConfig:
     dropout: float = field(default=0.5, metadata={"help": "head dropout in training"})
 
     def __post_init__(self):
+        """The one validation of head options (the trainer's and train-sprm's configs call it too)."""
         if not isinstance(self.hidden_size, int) or self.hidden_size <= 0:
-            raise ValueError(f"SPRMConfig.hidden_size must be a positive int, got {self.hidden_size!r}.")
+            raise HeadOptionError("hidden_size", self.hidden_size,
+                                  "a positive int, the backbone's hidden size (1536 / 3584 / 5120 for 1.5B / 7B / 32B)")
         if not isinstance(self.feature_layer, int) or self.feature_layer == -1:
-            raise ValueError(
-                f"SPRMConfig.feature_layer must be an int naming a decoder layer's input (e.g. -2), got "
-                f"{self.feature_layer!r}; -1 is the final normed output, which the SPRM does not read."
-            )
-        seps = tuple(self.separators)
+            raise HeadOptionError("feature_layer", self.feature_layer, "an int naming a decoder layer's input, "
+                                  "e.g. -2 (never -1, the final normed output, which the SPRM does not read)")
+        seps = tuple(self.separators) if self.separators is not None else ()
         if not seps or not all(isinstance(s, str) and s for s in seps):
-            raise ValueError(f"SPRMConfig.separators must be non-empty strings, got {self.separators!r}.")
+            raise HeadOptionError("separators", self.separators, 'a non-empty list of non-empty strings, e.g. [".\\n\\n"]')
         object.__setattr__(self, "separators", seps)
         if self.think_tokens is not None:
             think = tuple(self.think_tokens)
             if len(think) != 2 or not all(isinstance(t, str) and t for t in think):
-                raise ValueError(f"SPRMConfig.think_tokens must be (start, end) or None, got {self.think_tokens!r}.")
+                raise HeadOptionError("think_tokens", self.think_tokens, '["<think>", "</think>"] or null')
             object.__setattr__(self, "think_tokens", think)
-        check_aggregation(self.aggregation)
+        if self.aggregation not in AGGREGATIONS:
+            raise HeadOptionError("aggregation", self.aggregation, f"one of {', '.join(AGGREGATIONS)}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"SPRMConfig.dropout must be in [0, 1), got {self.dropout!r}.")
+            raise HeadOptionError("dropout", self.dropout, "a probability in [0, 1)")
+
+    @classmethod
+    def checked(cls, name: Callable[[str], str], **values) -> "SPRMConfig":
+        """``cls(**values)``, its errors naming each option as ``name(field)`` (a config key, a CLI flag)."""
+        try:
+            return cls(**values)
+        except HeadOptionError as exc:
+            raise ValueError(f"{name(exc.field_name)}={exc.value!r} is invalid: expected {exc.expected}.") from None
 
     @classmethod
     def for_lang(cls, hidden_size: int, lang: str = "en", **kwargs) -> "SPRMConfig":
@@ -85,7 +107,7 @@ class SPRMConfig:
             raise ValueError(f"{source}: unknown field(s) {unknown}; known fields are {sorted(known)}.")
         if "hidden_size" not in data:
             raise ValueError(f"{source}: missing required field 'hidden_size'.")
-        return cls(**data)
+        return cls.checked(lambda key: f"{source}: {key}", **data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from metastone.sprm import SPRMConfig
-from metastone.sprm.aggregate import AGGREGATIONS
+from metastone.sprm.config import HEAD_OPTIONS
 from metastone.sprm.loss import INVALID_OUTCOMES
 from metastone.sprm.steps import DEFAULT_SEPARATORS, DEFAULT_THINK_TOKENS
 
@@ -29,8 +29,9 @@ SCHEDULERS = ("constant", "cosine")
 class SPRMTrainConfig:
     """How the SPRM head is built, trained and coupled to the policy backbone.
 
-    Head (saved with the weights as ``sprm_config.json``): ``hidden_size``, ``feature_layer``,
-    ``separators``, ``think_tokens``, ``aggregation``, ``dropout``.
+    Head (``SPRMConfig``'s fields under the same names, validated by it; saved with the weights as
+    ``sprm_config.json``): ``hidden_size``, ``feature_layer``, ``separators``, ``think_tokens``,
+    ``aggregation``, ``dropout``.
     Loss (MetaStone-S1 Eq. 6 and the original training code): ``loss_coef``, ``backbone_grad_scale``,
     ``pos_weight``, ``count_smoothing``, ``outcome_threshold``, ``invalid_outcome``.
     Head optimiser (its own AdamW, independent of the policy's): ``lr``, ``weight_decay``, ``betas``,
@@ -66,23 +67,11 @@ class SPRMTrainConfig:
         def bad(key: str, expected: str):
             raise ValueError(f"{SECTION}.{key}={getattr(self, key)!r} is invalid: expected {expected}.")
 
-        if self.hidden_size is not None and (not isinstance(self.hidden_size, int) or self.hidden_size <= 0):
-            bad("hidden_size", "a positive int (1536 / 3584 / 5120 for 1.5B / 7B / 32B) or null")
-        if not isinstance(self.feature_layer, int) or self.feature_layer == -1:
-            bad("feature_layer", "an int naming a decoder layer's input, e.g. -2 (never -1, the normed output)")
-        seps = tuple(self.separators) if self.separators is not None else ()
-        if not seps or not all(isinstance(s, str) and s for s in seps):
-            bad("separators", 'a non-empty list of non-empty strings, e.g. [".\\n\\n"]')
-        object.__setattr__(self, "separators", seps)
-        if self.think_tokens is not None:
-            think = tuple(self.think_tokens)
-            if len(think) != 2 or not all(isinstance(t, str) and t for t in think):
-                bad("think_tokens", '["<think>", "</think>"] or null')
-            object.__setattr__(self, "think_tokens", think)
-        if self.aggregation not in AGGREGATIONS:
-            bad("aggregation", f"one of {', '.join(AGGREGATIONS)}")
-        if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", "a probability in [0, 1)")
+        # the head options, validated (and normalised: lists -> tuples) by SPRMConfig itself; a null
+        # hidden_size (the model's, known at build time) is checked with a placeholder
+        head = self.head_config(1 if self.hidden_size is None else self.hidden_size)
+        for key in HEAD_OPTIONS:
+            object.__setattr__(self, key, getattr(head, key))
         if not 0.0 <= self.backbone_grad_scale <= 1.0:
             bad("backbone_grad_scale", "a value in [0, 1] (1e-4 as in the original code; 0 = head on detached features)")
         for key in ("loss_coef", "pos_weight", "count_smoothing", "weight_decay", "min_lr_ratio"):
@@ -145,10 +134,8 @@ class SPRMTrainConfig:
                 f"hidden_size={hidden_size}; set {SECTION}.hidden_size={hidden_size} or null, "
                 "or use the matching model."
             )
-        return SPRMConfig(
-            hidden_size=hidden_size, feature_layer=self.feature_layer, separators=self.separators,
-            think_tokens=self.think_tokens, aggregation=self.aggregation, dropout=self.dropout,
-        )
+        return SPRMConfig.checked(lambda key: f"{SECTION}.{key}", hidden_size=hidden_size,
+                                  **{key: getattr(self, key) for key in HEAD_OPTIONS})
 
 
 def show_metastone_info_logs() -> None:

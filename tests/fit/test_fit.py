@@ -157,6 +157,14 @@ def test_config_errors_name_the_option(tmp_path):
         FitConfig(model="m", task="demo", out=str(tmp_path), n_drafts=1)
     with pytest.raises(ValueError, match="--heldout-frac"):
         FitConfig(model="m", task="demo", out=str(tmp_path), heldout_frac=1.0)
+    # head options: validated up front by SPRMConfig (the one check), named as train-sprm's flags
+    for option, value in (("feature_layer", -1), ("separators", ()), ("think_tokens", ("<think>",)),
+                          ("aggregation", "median"), ("dropout", 1.0)):
+        with pytest.raises(ValueError, match=f"train-sprm: --{option.replace('_', '-')}=.* is invalid: expected"):
+            FitConfig(model="m", task="demo", out=str(tmp_path), **{option: value})
+    cfg = FitConfig(model="m", task="demo", out=str(tmp_path), separators=[".\n\n"], think_tokens=["<a>", "</a>"])
+    assert (cfg.separators, cfg.think_tokens) == ((".\n\n",), ("<a>", "</a>"))
+    assert cfg.head_config(8).to_dict()["think_tokens"] == ["<a>", "</a>"]
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="--data with training questions"):
         fit(FitConfig(model=str(tmp_path), task="aime24", out=str(tmp_path / "o")), progress=False)
