@@ -15,7 +15,6 @@ happens after the head is written.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -97,39 +96,7 @@ def export_checkpoint(
     return target
 
 
-def make_parser(subparsers=None) -> argparse.ArgumentParser:
-    kwargs = dict(description="Merge a verl FSDP checkpoint into an HF folder with the SPRM head (both formats).")
-    parser = subparsers.add_parser("export", **kwargs) if subparsers else argparse.ArgumentParser(
-        prog="python -m metastone.export", **kwargs
-    )
-    parser.add_argument("operation", nargs="?", default="merge", choices=["merge"],
-                        help="verl-compatible positional (only 'merge')")
-    parser.add_argument("--backend", default="fsdp", choices=["fsdp"], help="checkpoint backend (FSDP only)")
-    parser.add_argument("--local_dir", "--local-dir", required=True, help="global_step_N/actor checkpoint folder")
-    parser.add_argument("--target_dir", "--target-dir", required=True, help="HF folder to write")
-    parser.add_argument("--hf_upload_path", default=None, help="also upload to this Hub repo (after the head)")
-    parser.add_argument("--private", action="store_true", help="private Hub repo")
-    parser.add_argument("--trust-remote-code", action="store_true", help="trust remote code of the model config")
-    parser.add_argument("--allow-missing-head", action="store_true", help="export a checkpoint saved without a head")
-    parser.set_defaults(func=run)
-    return parser
+if __name__ == "__main__":  # ``python -m metastone.export``: the same as ``metastone export`` (metastone.cli.export)
+    from metastone.cli import main
 
-
-def run(args: argparse.Namespace) -> int:
-    out = export_checkpoint(
-        args.local_dir, args.target_dir, hf_upload_path=args.hf_upload_path, private=args.private,
-        trust_remote_code=args.trust_remote_code, require_head=not args.allow_missing_head,
-    )
-    logger.info("exported %s -> %s", args.local_dir, out)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m`` entry: the same as ``metastone export`` (one parser, one error handler)."""
-    from metastone.cli import main as cli_main
-
-    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["export", *sys.argv[1:]]))

@@ -1,4 +1,6 @@
-"""The ``metastone`` command. Each subcommand is a module with ``make_parser(subparsers)`` and ``main(args)``."""
+"""The ``metastone`` command. Each subcommand is a module here with ``make_parser(subparsers)``, whose
+parser's ``func`` runs it; the library below never imports this package (the ``python -m`` entries of
+``metastone.train``, ``metastone.export`` and ``metastone.data.prepare`` call ``main`` when run as scripts)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ SUBCOMMANDS = {
     "metric": "metastone.cli.metric",
     "grade-math": "metastone.cli.grade_math",
     "grade-code": "metastone.cli.grade_code",
-    "train": "metastone.train.__main__",
-    "export": "metastone.export",
-    "prepare-data": "metastone.data.prepare",
+    "train": "metastone.cli.train",
+    "export": "metastone.cli.export",
+    "prepare-data": "metastone.cli.prepare_data",
     "train-sprm": "metastone.cli.train_sprm",
     "demo": "metastone.cli.demo",
     "demo-train": "metastone.cli.demo_train",

@@ -13,7 +13,6 @@ step by step, and put your final answer within \\boxed{}.") unless the question 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -149,73 +148,60 @@ def write_parquet(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def make_parser(subparsers=None) -> argparse.ArgumentParser:
-    kwargs = dict(description="Math problems -> verl RL parquet (prompt / reward_model / data_source).")
-    parser = subparsers.add_parser("prepare-data", **kwargs) if subparsers else argparse.ArgumentParser(
-        prog="python -m metastone.data.prepare", **kwargs
-    )
-    parser.add_argument("--input", nargs="+", help=".jsonl / .json / .csv / .parquet file(s) (not with --task)")
-    parser.add_argument("--task", choices=["demo"], default=None,
-                        help="write a bundled task's rows instead (demo: its completion prompts and stop strings; "
-                             "--input may name a file in its format, default its train split)")
-    parser.add_argument("--output", required=True, help="training parquet to write")
-    parser.add_argument("--val-output", default=None, help="also write a validation parquet split off the input")
-    parser.add_argument("--val-size", type=int, default=0, help="rows moved to --val-output (random, --seed)")
-    parser.add_argument("--data-source", default="math", help="data_source for rows that carry none")
-    parser.add_argument("--question-key", default=None, help=f"question field (default: first of {QUESTION_KEYS})")
-    parser.add_argument("--answer-key", default=None, help=f"answer field (default: first of {ANSWER_KEYS})")
-    parser.add_argument("--instruction", default=INSTRUCTION, help="appended to questions without a \\boxed request")
-    parser.add_argument("--limit", type=int, default=None, help="keep only the first N records")
-    parser.add_argument("--seed", type=int, default=0, help="shuffle seed for the validation split")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.task == "demo":
-        if args.input and len(args.input) > 1:
+def prepare(
+    output: str | Path,
+    inputs: list[str] | None = None,
+    *,
+    task: str | None = None,
+    val_output: str | Path | None = None,
+    val_size: int = 0,
+    data_source: str = "math",
+    question_key: str | None = None,
+    answer_key: str | None = None,
+    instruction: str = INSTRUCTION,
+    limit: int | None = None,
+    seed: int = 0,
+) -> None:
+    """Write the training parquet (and a validation parquet split off the input, ``val_size`` rows,
+    shuffled by ``seed``) from problem files, or from a bundled task's rows (``task="demo"``)."""
+    if task == "demo":
+        if inputs and len(inputs) > 1:
             raise ValueError("--task demo takes at most one --input file (in the demo task's JSONL format).")
-        rows = demo_rows("train", args.input[0] if args.input else None, args.limit)
-        write_parquet(rows, args.output)
-        logger.info("wrote %d demo rows to %s", len(rows), args.output)
-        if args.val_output:
-            val = demo_rows("test", None, args.val_size or 8)
-            write_parquet(val, args.val_output)
-            logger.info("wrote %d demo test rows to %s", len(val), args.val_output)
-        return 0
-    if not args.input:
+        rows = demo_rows("train", inputs[0] if inputs else None, limit)
+        write_parquet(rows, output)
+        logger.info("wrote %d demo rows to %s", len(rows), output)
+        if val_output:
+            val = demo_rows("test", None, val_size or 8)
+            write_parquet(val, val_output)
+            logger.info("wrote %d demo test rows to %s", len(val), val_output)
+        return
+    if not inputs:
         raise ValueError("--input is required (the problems file(s)), unless --task names a bundled task.")
-    records = [r for path in args.input for r in read_records(path)]
-    if args.limit is not None:
-        records = records[: args.limit]
-    if args.val_size and not args.val_output:
+    records = [r for path in inputs for r in read_records(path)]
+    if limit is not None:
+        records = records[:limit]
+    if val_size and not val_output:
         raise ValueError("--val-size needs --val-output (where to write the validation rows).")
-    if args.val_size >= len(records) > 0:
-        raise ValueError(f"--val-size={args.val_size} leaves no training rows out of {len(records)}.")
+    if val_size >= len(records) > 0:
+        raise ValueError(f"--val-size={val_size} leaves no training rows out of {len(records)}.")
     order = list(range(len(records)))
     val_idx = set()
-    if args.val_output and args.val_size:
-        random.Random(args.seed).shuffle(order)
-        val_idx = set(order[: args.val_size])
-    common = dict(data_source=args.data_source, question_key=args.question_key, answer_key=args.answer_key,
-                  instruction=args.instruction)
+    if val_output and val_size:
+        random.Random(seed).shuffle(order)
+        val_idx = set(order[:val_size])
+    common = dict(data_source=data_source, question_key=question_key, answer_key=answer_key,
+                  instruction=instruction)
     train = to_verl_rows([r for i, r in enumerate(records) if i not in val_idx], split="train", **common)
-    write_parquet(train, args.output)
-    logger.info("wrote %d training rows to %s", len(train), args.output)
-    if args.val_output:
+    write_parquet(train, output)
+    logger.info("wrote %d training rows to %s", len(train), output)
+    if val_output:
         source = [r for i, r in enumerate(records) if i in val_idx] if val_idx else records
         val = to_verl_rows(source, split="test", **common)
-        write_parquet(val, args.val_output)
-        logger.info("wrote %d validation rows to %s", len(val), args.val_output)
-    return 0
+        write_parquet(val, val_output)
+        logger.info("wrote %d validation rows to %s", len(val), val_output)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m`` entry: the same as ``metastone prepare-data`` (one parser, one error handler)."""
-    from metastone.cli import main as cli_main
+if __name__ == "__main__":  # ``python -m metastone.data.prepare``: the same as ``metastone prepare-data``
+    from metastone.cli import main
 
-    return cli_main(["prepare-data", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["prepare-data", *sys.argv[1:]]))

@@ -11,7 +11,8 @@ Files (one concept each):
     worker.py         Ray worker that sets the head up on the actor engine
     trainer.py        V1 sync trainer hooks + Ray task runner
     verl_ext.py       ``external_lib`` imported by every verl worker (registers the engine)
-    __main__.py       ``python -m metastone.train [--dry-run] [preset=...] [overrides]``
+    launch.py         compose the hydra config; start the verl run (``metastone.cli.train`` parses the flags)
+    __main__.py       ``python -m metastone.train [--dry-run] [preset=...] [overrides]`` (= ``metastone train``)
 
 Nothing is imported here so that ``metastone.train.reward`` stays cheap to import.
 """

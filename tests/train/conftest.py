@@ -83,7 +83,7 @@ def actor_config(train_model_dir):
     """verl's FSDPActorConfig as the worker builds it, from our composed hydra config (tiny preset)."""
     from verl.utils.config import omega_conf_to_dataclass
 
-    from metastone.train.__main__ import compose_config
+    from metastone.train.launch import compose_config
 
     cfg = compose_config(["preset=tiny", f"actor_rollout_ref.model.path={train_model_dir}"])
     return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)

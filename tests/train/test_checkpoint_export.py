@@ -138,7 +138,7 @@ def test_export_gives_a_folder_whose_scores_equal_the_in_training_head(
 ):
     from verl.utils import tensordict_utils as tu
 
-    from metastone.export import main as export_main
+    from metastone.cli import main as cli_main
     from metastone.serve.hf_backend import HFScorer
     from metastone.sprm import load_head
 
@@ -149,7 +149,7 @@ def test_export_gives_a_folder_whose_scores_equal_the_in_training_head(
     ckpt = tmp_path / "global_step_2" / "actor"
     engine.save_checkpoint(str(ckpt), global_step=2)
     out = tmp_path / "export"
-    assert export_main(["merge", "--backend", "fsdp", "--local_dir", str(ckpt), "--target_dir", str(out)]) == 0
+    assert cli_main(["export", "merge", "--backend", "fsdp", "--local_dir", str(ckpt), "--target_dir", str(out)]) == 0
     for name in ("config.json", "score_module.pt", "sprm_head.safetensors", "sprm_config.json"):
         assert (out / name).is_file(), name
     head, _ = load_head(out / "score_module.pt")

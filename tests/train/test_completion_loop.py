@@ -71,10 +71,10 @@ def test_agent_loop_sends_raw_prompt_ids_and_stop_strings(qwq_tokenizer):
 def test_prepare_cli_writes_demo_rows(tmp_path):
     import pandas as pd
 
-    from metastone.data.prepare import main
+    from metastone.cli import main
 
     out, val = tmp_path / "train.parquet", tmp_path / "val.parquet"
-    assert main(["--task", "demo", "--output", str(out), "--val-output", str(val), "--limit", "5", "--val-size", "3"]) == 0
+    assert main(["prepare-data", "--task", "demo", "--output", str(out), "--val-output", str(val), "--limit", "5", "--val-size", "3"]) == 0
     train_rows, val_rows = pd.read_parquet(out), pd.read_parquet(val)
     assert len(train_rows) == 5 and len(val_rows) == 3
     assert train_rows.iloc[0]["agent_name"] == "metastone_completion" and list(train_rows.iloc[0]["stop"]) == ["\n\n", "\nQ:"]

@@ -20,9 +20,10 @@ def data_files(tmp_path_factory):
 
 
 def dry_run(*overrides):
-    from metastone.train.__main__ import make_parser, run
+    from metastone.cli import build_parser
 
-    return run(make_parser().parse_args(["--dry-run", *overrides]))
+    args = build_parser().parse_args(["train", "--dry-run", *overrides])
+    return args.func(args)
 
 
 @pytest.mark.parametrize("preset, d, head", [("s1_1p5b", 1536, 4_724_737), ("s1_7b", 3584, 25_704_449),
@@ -37,7 +38,7 @@ def test_paper_presets_validate_offline(preset, d, head, data_files, capsys):
 def test_original_script_settings_are_in_the_presets(data_files):
     # MetaStone-S1 scripts/run_single_node.sh (1.5B) and run_multi_node.sh (32B), and the original's
     # verl config defaults they leave in place (entropy_coeff 0.001, 32B temperature 1.0)
-    from metastone.train.__main__ import compose_config
+    from metastone.train.launch import compose_config
 
     c15 = compose_config(["preset=s1_1p5b", *data_files])
     c32 = compose_config(["preset=s1_32b", *data_files])
@@ -88,7 +89,7 @@ def test_invalid_runs_fail_before_any_work_naming_the_keys(overrides, match, tin
 
 
 def test_cpu_preset_validates_with_production_settings(tiny_model_dir, data_files, capsys):
-    from metastone.train.__main__ import compose_config
+    from metastone.train.launch import compose_config
 
     assert dry_run("preset=cpu_tiny", f"actor_rollout_ref.model.path={tiny_model_dir}", *data_files) == 0
     c = compose_config(["preset=cpu_tiny", *data_files])
@@ -101,7 +102,7 @@ def test_cpu_preset_validates_with_production_settings(tiny_model_dir, data_file
 def test_cpu_run_selects_the_cpu_platform_everywhere(data_files, monkeypatch):
     from verl.plugin.platform import get_platform, set_platform
 
-    from metastone.train.__main__ import add_ray_env_vars, compose_config
+    from metastone.train.launch import add_ray_env_vars, compose_config
     from metastone.train.cpu_platform import prepare_cpu_run
 
     for key in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES"):  # restored after the test
@@ -126,7 +127,7 @@ def test_cpu_run_selects_the_cpu_platform_everywhere(data_files, monkeypatch):
 
 def test_demo_preset_is_valid_and_matches_the_evaluation(tiny_model_dir, data_files):
     from metastone.eval.tasks import Demo
-    from metastone.train.__main__ import compose_config
+    from metastone.train.launch import compose_config
 
     c = compose_config(["preset=demo_smollm2", *data_files])
     rollout, sprm = c.actor_rollout_ref.rollout, c.actor_rollout_ref.sprm
@@ -153,7 +154,7 @@ def test_feature_layer_outside_the_model_is_refused(tiny_model_dir, data_files):
 
 
 def test_resolved_config_is_saved_beside_the_checkpoints(tiny_model_dir, data_files, tmp_path):
-    from metastone.train.__main__ import compose_config, save_resolved_config
+    from metastone.train.launch import compose_config, save_resolved_config
 
     cfg = compose_config(["preset=tiny", f"actor_rollout_ref.model.path={tiny_model_dir}", *data_files,
                           f"trainer.default_local_dir={tmp_path}/ck"])

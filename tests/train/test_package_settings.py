@@ -23,7 +23,7 @@ def importable(monkeypatch):
 
 
 def composed(*overrides):
-    from metastone.train.__main__ import compose_config
+    from metastone.train.launch import compose_config
     from metastone.train.packages import resolve_package_settings
 
     cfg = compose_config(list(overrides))

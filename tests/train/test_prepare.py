@@ -11,11 +11,12 @@ pytestmark = pytest.mark.train
 
 
 def test_jsonl_to_verl_parquet_with_validation_split(tmp_path):
-    from metastone.data.prepare import INSTRUCTION, main
+    from metastone.cli import main
+    from metastone.data.prepare import INSTRUCTION
 
     src = tmp_path / "p.jsonl"
     src.write_text("\n".join(json.dumps({"problem": f"What is {i}+1?", "answer": i + 1}) for i in range(10)))
-    assert main(["--input", str(src), "--output", str(tmp_path / "t.parquet"), "--val-output",
+    assert main(["prepare-data", "--input", str(src), "--output", str(tmp_path / "t.parquet"), "--val-output",
                  str(tmp_path / "v.parquet"), "--val-size", "3", "--data-source", "toy"]) == 0
     train, val = pd.read_parquet(tmp_path / "t.parquet"), pd.read_parquet(tmp_path / "v.parquet")
     assert (len(train), len(val)) == (7, 3)

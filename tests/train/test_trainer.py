@@ -10,7 +10,7 @@ pytestmark = pytest.mark.train
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, tiny_model_dir):
-    from metastone.train.__main__ import compose_config
+    from metastone.train.launch import compose_config
 
     return compose_config(["preset=tiny", f"actor_rollout_ref.model.path={tiny_model_dir}"])
 
