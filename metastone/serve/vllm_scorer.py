@@ -3,6 +3,15 @@
 Starts ``vllm.LLM`` in pooling mode on the unchanged policy folder with the SPRM architecture
 selected by ``hf_overrides`` (see ``metastone.serve.vllm_plugin``), sends token ids (never text),
 gets one probability per token back and picks the step rows with ``metastone.serve.scoring``.
+
+Prefix reuse (``reuse_prefix=True``, default): vLLM refuses its prefix cache to token-level pooling
+unless a request asks for it (``PoolingParams.skip_reading_prefix_cache``, default True for
+``token_classify``) because rows served from the cache produce no output. We ask for it: each output
+then covers rows ``num_cached_tokens..n-1`` only, so N drafts of one prompt run the prompt's KV blocks
+once and a search node runs little more than its new step. Step rows that fall in the cached part (a
+node's earlier steps, drafts that share their first steps) come from a ``StepScoreMemo`` of rows
+computed before; a trace with a cached step row the memo lacks is run again in full. See
+docs/serving.md, "Scoring only what is new".
 """
 
 from __future__ import annotations
@@ -11,12 +20,16 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from metastone.serve.scoring import TraceScore, check_batch, trace_score_from_token_probs
+from metastone.serve.scoring import StepScoreMemo, TraceScore, check_batch, trace_score_from_token_probs
 from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_memory_kwargs
 from metastone.serve.vllm_plugin import sprm_architecture
 from metastone.sprm import SPRMConfig, load_head, resolve_step_spec
 
 logger = logging.getLogger(__name__)
+
+# vLLM caches whole KV blocks only. Its CPU backend defaults to 128-token blocks, coarser than a
+# few-shot prompt or a search step, so nothing would be reused; 32 is the smallest it accepts.
+CPU_PREFIX_BLOCK_SIZE = 32
 
 
 def sprm_hf_overrides(model_dir: str | Path, head_path: str | Path | None = None) -> dict:
@@ -40,6 +53,10 @@ class VLLMScorer:
 
     On a CPU-only host the KV cache gets an explicit size, ``kv_cache_gib`` GiB (None: auto), checked
     against the memory free now (``metastone.serve.vllm_cpu.kv_cache_bytes``).
+
+    ``reuse_prefix`` (default True) reads vLLM's prefix cache (module docstring); False runs every trace
+    in full, as before. ``memo_entries`` bounds the memo of step rows (~150 bytes each).
+    ``stats`` counts sequences, their tokens, the tokens run and the traces run again in full.
     """
 
     def __init__(
@@ -52,8 +69,11 @@ class VLLMScorer:
         lang: str | None = None,
         enforce_eager: bool = True,
         kv_cache_gib: float | None = None,
+        reuse_prefix: bool = True,
+        memo_entries: int = 200_000,
         **engine_kwargs,
     ):
+        import torch
         from transformers import AutoConfig, AutoTokenizer
         from vllm import LLM
 
@@ -70,6 +90,11 @@ class VLLMScorer:
         if "kv_cache_memory_bytes" not in engine_kwargs:
             engine_kwargs.update(cpu_memory_kwargs(model_dir, kv_cache_gib=kv_cache_gib, dtype=dtype,
                                                    max_model_len=engine_kwargs.get("max_model_len")))
+        if reuse_prefix and "block_size" not in engine_kwargs and not torch.cuda.is_available():
+            engine_kwargs["block_size"] = CPU_PREFIX_BLOCK_SIZE
+        self.reuse_prefix = reuse_prefix
+        self.memo = StepScoreMemo(memo_entries) if reuse_prefix else None
+        self.stats = {"sequences": 0, "tokens": 0, "computed_tokens": 0, "rerun_traces": 0}
         self.llm = LLM(
             model=str(model_dir), runner="pooling", hf_overrides=overrides, dtype=dtype,
             enforce_eager=enforce_eager, **engine_kwargs,
@@ -89,18 +114,34 @@ class VLLMScorer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def token_probs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
-        """One SPRM probability per token of each sequence."""
+    def _encode(self, sequences: Sequence[Sequence[int]], *, reuse: bool):
+        from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=list(map(int, s))) for s in sequences]
-        outputs = self.llm.encode(prompts, pooling_task="token_classify", use_tqdm=False)
-        return [out.outputs.data.reshape(-1).float().tolist() for out in outputs]
+        params = PoolingParams(task="token_classify", skip_reading_prefix_cache=not reuse)
+        return self.llm.encode(prompts, pooling_params=params, pooling_task="token_classify", use_tqdm=False)
+
+    def token_probs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One SPRM probability per token of each sequence (every token run, the prefix cache not read)."""
+        return [out.outputs.data.reshape(-1).float().tolist() for out in self._encode(sequences, reuse=False)]
+
+    def _trace(self, seq: Sequence[int], prompt_len: int, out) -> TraceScore | None:
+        rows = out.outputs.data.reshape(-1).float().tolist()
+        return trace_score_from_token_probs(seq, prompt_len, rows, self.spec, self.config.aggregation,
+                                            cached=out.num_cached_tokens, memo=self.memo)
 
     def score_ids(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int] | None = None) -> list[TraceScore]:
         lens = check_batch(sequences, prompt_lens, self.max_len)
-        probs = self.token_probs(sequences)
-        return [
-            trace_score_from_token_probs(seq, plen, p, self.spec, self.config.aggregation)
-            for seq, plen, p in zip(sequences, lens, probs)
-        ]
+        outs = self._encode(sequences, reuse=self.reuse_prefix)
+        results = [self._trace(seq, plen, out) for seq, plen, out in zip(sequences, lens, outs)]
+        rerun = [i for i, r in enumerate(results) if r is None]
+        if rerun:
+            for i, out in zip(rerun, self._encode([sequences[i] for i in rerun], reuse=False)):
+                results[i] = self._trace(sequences[i], lens[i], out)
+                results[i].computed_tokens += len(sequences[i]) - outs[i].num_cached_tokens
+        self.stats["sequences"] += len(sequences)
+        self.stats["tokens"] += sum(map(len, sequences))
+        self.stats["computed_tokens"] += sum(r.computed_tokens for r in results)
+        self.stats["rerun_traces"] += len(rerun)
+        return results

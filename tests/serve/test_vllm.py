@@ -61,6 +61,35 @@ def test_per_token_output_is_sigmoid_of_head_on_layer_minus_two(vllm_scorer, tin
     assert torch.allclose(got, ref, atol=1e-5)
 
 
+def test_prefix_reuse_runs_only_new_tokens_and_matches_full_prefill(vllm_scorer, tiny_model_dir):
+    from metastone.serve.vllm_scorer import CPU_PREFIX_BLOCK_SIZE as BLOCK
+
+    hf = HFScorer(tiny_model_dir)
+    prompt = hf.encode(PROMPT.replace("2+3", "17+25? Show each step, then check the sum twice, once by adding the tens first"))
+    drafts = [prompt + hf.encode(f"Add {i} tens.\n\nThen {i} ones.\n\nCheck {i}.\n\n" * 3) for i in range(5)]
+    lens = [len(prompt)] * len(drafts)
+    shared = len(prompt) // BLOCK * BLOCK
+    assert shared >= BLOCK
+    # Best-of-N: the first draft runs in full, the others only past the prompt's cached blocks
+    first = vllm_scorer.score_ids(drafts[:1], lens[:1])
+    rest = vllm_scorer.score_ids(drafts[1:], lens[1:])
+    _assert_same(first + rest, hf.score_ids(drafts, lens))
+    assert all(r.computed_tokens <= len(d) - shared for r, d in zip(rest, drafts[1:]))
+    # search: a child path runs its new step (and the parent's partial last block), earlier steps from the memo
+    reruns = vllm_scorer.stats["rerun_traces"]
+    child = drafts[1] + hf.encode("Carry the one.\n\nSo 42.\n\n")
+    got = vllm_scorer.score_ids([child], [len(prompt)])
+    _assert_same(got, hf.score_ids([child], [len(prompt)]))
+    assert got[0].computed_tokens <= len(child) - len(drafts[1]) // BLOCK * BLOCK
+    assert got[0].positions[0] < len(drafts[1]) // BLOCK * BLOCK  # a step row was served from the cache
+    assert vllm_scorer.stats["rerun_traces"] == reruns
+    # a cached step row the memo has lost: the trace runs again in full, same scores
+    vllm_scorer.memo.clear()
+    grandchild = child + hf.encode("Done.\n\n")
+    _assert_same(vllm_scorer.score_ids([grandchild], [len(prompt)]), hf.score_ids([grandchild], [len(prompt)]))
+    assert vllm_scorer.stats["rerun_traces"] == reruns + 1
+
+
 def test_zh_mode_uses_the_same_positions(tiny_model_dir):
     from metastone.serve.vllm_scorer import VLLMScorer
 
