@@ -34,14 +34,14 @@ def make_parser(subparsers):
                               formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="working folder (drafts, report, plots); rerun resumes")
     p.add_argument("--questions", type=int, default=200, help="first N questions of the demo test split (200 = all)")
-    p.add_argument("--drafts", type=int, default=8, help="drafts per question (K >= 2)")
+    p.add_argument("--n-drafts", "--n_drafts", "--drafts", dest="drafts", type=int, default=8, help="drafts per question (K >= 2)")
     p.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help="in-process engines")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
                    help="vllm backend dtype (auto: bfloat16 where the CPU has native bfloat16, else float32; "
                         "the hf backend always uses float32)")
     p.add_argument("--head", default=None, help="SPRM head folder or file (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true")
     p.set_defaults(func=main)
     return p
 

@@ -55,9 +55,9 @@ def make_parser(subparsers):
     p.add_argument("--out", default="runs/demo-train", help="working folder (checkpoints, drafts, plot); rerun resumes")
     p.add_argument("--steps", type=int, default=8, help="training steps (8 prompts x 8 rollouts each)")
     p.add_argument("--questions", type=int, default=50, help="first N questions of the demo test split to evaluate")
-    p.add_argument("--drafts", type=int, default=8, help="drafts per question in the evaluation (K >= 2)")
+    p.add_argument("--n-drafts", "--n_drafts", "--drafts", dest="drafts", type=int, default=8, help="drafts per question in the evaluation (K >= 2)")
     p.add_argument("--seed", type=int, default=0, help="data order and sampling seed")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="extra hydra overrides for the training run (e.g. actor_rollout_ref.sprm.lr=5e-5)")
     p.set_defaults(func=main)
     return p

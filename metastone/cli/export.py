@@ -17,13 +17,14 @@ logger = logging.getLogger(__name__)
 
 def make_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "export", description="Merge a verl FSDP checkpoint into an HF folder with the SPRM head (both formats)."
+        "export", help="verl FSDP checkpoint -> HF folder with the SPRM head",
+        description="Merge a verl FSDP checkpoint into an HF folder with the SPRM head (both formats)."
     )
     parser.add_argument("operation", nargs="?", default="merge", choices=["merge"],
                         help="verl-compatible positional (only 'merge')")
     parser.add_argument("--backend", default="fsdp", choices=["fsdp"], help="checkpoint backend (FSDP only)")
     parser.add_argument("--local_dir", "--local-dir", required=True, help="global_step_N/actor checkpoint folder")
-    parser.add_argument("--target_dir", "--target-dir", required=True, help="HF folder to write")
+    parser.add_argument("--out", "--target_dir", "--target-dir", dest="target_dir", required=True, help="HF folder to write")
     parser.add_argument("--hf_upload_path", default=None, help="also upload to this Hub repo (after the head)")
     parser.add_argument("--private", action="store_true", help="private Hub repo")
     parser.add_argument("--trust-remote-code", action="store_true", help="trust remote code of the model config")

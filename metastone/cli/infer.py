@@ -6,6 +6,8 @@ The original ``test/inference.py`` flags keep working: ``--task --input_file --o
 URLs are given) drafts are spread over every policy URL and scored in batches by token ids.
 ``--backend vllm|hf`` runs both models in this process, no servers. Killed runs resume: rerun the
 same command. Metrics are a separate pass: ``metastone metric`` / ``test/compute_metric.py``.
+``--model``, ``--out`` and ``--head`` are the names every subcommand shares for ``--model_dir``,
+``--output_file`` and ``--head_path``; each flag takes ``_`` or ``-`` between words.
 
 ``--strategy beam|mcts`` replaces the K drafts by SPRM-guided search (``metastone.search``,
 ``docs/search.md``): one searched trace per question, steps cut at the SPRM head's separators
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from pathlib import Path
 
 from metastone.serve.vllm_cpu import add_kv_cache_argument
 
@@ -73,10 +74,10 @@ def make_parser(subparsers):
     p = subparsers.add_parser("infer", help="Best-of-N sampling + SPRM scoring into draft records", description=__doc__)
     p.add_argument("--task", required=True, help="aime24 | aime25 | ceval | livecodebench | humaneval | demo")
     p.add_argument("--input_file", "--input-file", dest="input_file", default=None, help="task data (default: bundled)")
-    p.add_argument("--output_file", "--output-file", dest="output_file", required=True, help="draft records (JSONL)")
+    p.add_argument("--out", "--output_file", "--output-file", dest="output_file", required=True, help="draft records (JSONL)")
     p.add_argument("--n_samples", "--n-samples", dest="n_samples", type=int, default=1)
     p.add_argument("--branch", type=int, default=1, help="drafts per sample round; K = n_samples x branch")
-    p.add_argument("--model_dir", "--model-dir", dest="model_dir", required=True, help="HF model folder (tokenizer, chat template; the models for local backends)")
+    p.add_argument("--model", "--model_dir", "--model-dir", dest="model_dir", required=True, help="HF model folder (tokenizer, chat template; the models for local backends)")
     p.add_argument("--score_api_url", "--score-api-url", dest="score_api_url", default=None)
     p.add_argument("--response_api_url", "--response-api-url", dest="response_api_url", default=None, help="policy URLs, comma-separated")
     p.add_argument("--backend", choices=["server", "vllm", "hf"], default=None, help="default: server if URLs are given")
@@ -105,7 +106,7 @@ def make_parser(subparsers):
     g = p.add_argument_group("search (--strategy beam|mcts; docs/search.md); unset options take the strategy's defaults")
     g.add_argument("--strategy", choices=["bon", "beam", "mcts"], default="bon",
                    help="bon: K = n_samples x branch drafts per question (default); beam / mcts: one SPRM-guided search per question")
-    g.add_argument("--head_path", "--head-path", dest="head_path", default=None,
+    g.add_argument("--head", "--head_path", "--head-path", dest="head_path", default=None,
                    help="SPRM head folder/file (default: the model folder); its sprm_config.json names the step separators")
     for name, typ, help_ in SEARCH_FLAGS:
         flags = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])

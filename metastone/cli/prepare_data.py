@@ -14,13 +14,14 @@ from metastone.data.prepare import ANSWER_KEYS, INSTRUCTION, QUESTION_KEYS
 
 def make_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "prepare-data", description="Math problems -> verl RL parquet (prompt / reward_model / data_source)."
+        "prepare-data", help="problem files -> verl RL parquet",
+        description="Math problems -> verl RL parquet (prompt / reward_model / data_source)."
     )
     parser.add_argument("--input", nargs="+", help=".jsonl / .json / .csv / .parquet file(s) (not with --task)")
     parser.add_argument("--task", choices=["demo"], default=None,
                         help="write a bundled task's rows instead (demo: its completion prompts and stop strings; "
                              "--input may name a file in its format, default its train split)")
-    parser.add_argument("--output", required=True, help="training parquet to write")
+    parser.add_argument("--out", "--output", dest="output", required=True, help="training parquet to write")
     parser.add_argument("--val-output", default=None, help="also write a validation parquet split off the input")
     parser.add_argument("--val-size", type=int, default=0, help="rows moved to --val-output (random, --seed)")
     parser.add_argument("--data-source", default="math", help="data_source for rows that carry none")

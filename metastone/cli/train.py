@@ -1,4 +1,6 @@
-"""``metastone train`` (also ``python -m metastone.train``): GRPO + SPRM on verl, from hydra overrides.
+"""``metastone train`` (also ``python -m metastone.train``): RL training, verl GRPO with the SPRM head trained
+jointly (docs/train.md), from hydra overrides. Fitting a head offline on a frozen policy's saved drafts is
+``metastone train-sprm``.
 
     metastone train --dry-run preset=s1_1p5b data.train_files=... data.val_files=...
     metastone train preset=tiny actor_rollout_ref.model.path=/models/tiny ...
@@ -17,7 +19,10 @@ from metastone.train.launch import DEFAULT_CONFIG_NAME
 
 def make_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "train", description="GRPO + SPRM training on verl 0.9.1 (hydra overrides after the options)."
+        "train", help="RL training: verl GRPO + SPRM head, joint (also python -m metastone.train)",
+        description="RL training: verl 0.9.1 GRPO with the SPRM head trained jointly on the same rollouts (hydra "
+                    "overrides after the options). Offline fitting of a head on a frozen policy's saved drafts: "
+                    "metastone train-sprm.",
     )
     parser.add_argument("--dry-run", action="store_true", help="compose + validate + print; start nothing")
     parser.add_argument("--config-dir", default=None, help="hydra config folder (default: the repo's configs/)")

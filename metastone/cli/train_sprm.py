@@ -1,4 +1,5 @@
-"""``metastone train-sprm``: fit an SPRM head on a frozen policy's own drafts (outcome labels only).
+"""``metastone train-sprm``: offline fitting, no RL: an SPRM head fitted on a frozen policy's own saved drafts
+(outcome labels only). RL training (verl GRPO + SPRM, joint) is ``metastone train`` / ``python -m metastone.train``.
 
 Example (the shipped demo head; docs/demo.md)::
 
@@ -20,21 +21,21 @@ DEMO_SEPARATORS = (".",)
 
 
 def make_parser(subparsers):
-    p = subparsers.add_parser("train-sprm", help="fit an SPRM head on a frozen policy's drafts", description=__doc__)
+    p = subparsers.add_parser("train-sprm", help="offline fitting: an SPRM head on a frozen policy's saved drafts (no RL)", description=__doc__)
     helps = {f.name: f.metadata.get("help", "") for f in fields(FitConfig)}
     p.add_argument("--model", required=True, help=helps["model"] + " ('demo': the embedded SmolLM2)")
     p.add_argument("--task", required=True, help=helps["task"])
     p.add_argument("--out", required=True, help=helps["out"])
-    p.add_argument("--data", default=None, help=helps["data"])
-    p.add_argument("--n-drafts", type=int, default=8, help=helps["n_drafts"])
+    p.add_argument("--input_file", "--input-file", "--data", dest="data", default=None, help=helps["data"])
+    p.add_argument("--n-drafts", "--n_drafts", dest="n_drafts", type=int, default=8, help=helps["n_drafts"])
     p.add_argument("--questions", type=int, default=0, help=helps["questions"])
     p.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help=helps["backend"])
     p.add_argument("--seed", type=int, default=0, help=helps["seed"])
-    p.add_argument("--max-tokens", type=int, default=None, help="max new tokens per draft (default 256; demo 64)")
+    p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=None, help="max new tokens per draft (default 256; demo 64)")
     # train-sprm's sampling defaults (FitConfig's), not the paper's 0.6 / 1.05 (metastone.sampling)
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=0.95)
+    p.add_argument("--repetition-penalty", "--repetition_penalty", dest="repetition_penalty", type=float, default=1.0)
     p.add_argument("--separators", nargs="+", default=None,
                    help="step separator strings, one token each (default '.\\n\\n'; demo model '.'); escapes like \\n work")
     p.add_argument("--think-tokens", nargs=2, default=None, metavar=("START", "END"), help=helps["think_tokens"])
@@ -54,7 +55,7 @@ def make_parser(subparsers):
     p.add_argument("--feature-batch", type=int, default=16, help=helps["feature_batch"])
     p.add_argument("--no-link-model", dest="link_model", action="store_false", help="write only the head files")
     p.add_argument("--plot", action="store_true", help="draw fit_curves.png")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true")
     p.set_defaults(func=main)
     return p
 
