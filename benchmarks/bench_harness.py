@@ -83,12 +83,17 @@ async def main_async(args) -> None:
         await run(RunConfig(**{**cfg.__dict__, "output_file": str(Path(tmp.name) / "warm.jsonl"), "drafts_per_question": 1}),
                   type(task)(task.examples[:1]), tokenizer, generator, scorer_b, store)
     scorer_b.seconds = 0.0
+    vllm_scorer = scorer_a.inner.scorer
+    vllm_scorer.reuse_prefix = False  # (a) scores every draft by a full prefill, as the original did
+    vllm_scorer.reset_prefix_cache()
     with RecordStore(Path(tmp.name) / "plan.jsonl") as empty:
         requests = pending_requests(cfg, task, tokenizer, empty)
 
     t = time.perf_counter()
     await original_style(requests, generator, scorer_a, tokenizer, cfg.sampling, args.branch)
     a_secs = time.perf_counter() - t
+    vllm_scorer.reuse_prefix = not args.no_prefix_reuse
+    vllm_scorer.reset_prefix_cache()  # (a)'s drafts are (b)'s: nothing of them may be cached for (b)
     t = time.perf_counter()
     with RecordStore(cfg.output_file) as store:
         stats = await run(cfg, task, tokenizer, generator, scorer_b, store)
@@ -111,6 +116,8 @@ def main() -> None:
     parser.add_argument("--branch", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--no-prefix-reuse", action="store_true",
+                        help="(b) also scores every draft by a full prefill (the scorer before prefix reuse)")
     asyncio.run(main_async(parser.parse_args()))
 
 

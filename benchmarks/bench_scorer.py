@@ -12,11 +12,15 @@ model on the same engine, so scoring is also shown as a share of generation cost
     .venv/bin/python benchmarks/bench_scorer.py --model DIR         # any Qwen2/Llama folder with its head
     .venv/bin/python benchmarks/bench_scorer.py --bon-only          # only the shared-prompt comparison below
 
-The Best-of-N comparison (always run; ``--bon-only`` runs nothing else) scores ``--bon-questions``
-prompts of ``--bon-prompt-tokens`` tokens x ``--bon-drafts`` drafts of ``--bon-draft-tokens`` tokens with
-``HFScorer(share_prefix=False)`` (every draft a full prefill of prompt + draft) and with the default
-``share_prefix=True`` (the prompt once per question, each draft only over its own tokens), alternating
-the two ``--bon-repeats`` times, and reports the best time of each and the largest step-score difference.
+The Best-of-N comparisons (always run; ``--bon-only`` runs nothing else) score ``--bon-questions``
+prompts of ``--bon-prompt-tokens`` tokens x ``--bon-drafts`` drafts of ``--bon-draft-tokens`` tokens:
+- HF: ``HFScorer(share_prefix=False)`` (every draft a full prefill of prompt + draft) against the
+  default ``share_prefix=True`` (the prompt once per question, each draft only over its own tokens);
+- vLLM (unless ``--skip-vllm``): the drafts are generated on a vLLM engine, then scored on
+  ``VLLMScorer`` with ``reuse_prefix`` off and on; scoring time is reported as a share of the time it
+  took to generate the same drafts.
+Each alternates its two settings ``--bon-repeats`` times and reports the best time of each and the
+largest step-score difference.
 """
 
 from __future__ import annotations
@@ -148,6 +152,69 @@ def bon_shared_vs_full(model_dir: Path, tok, args) -> dict:
     return out
 
 
+def bon_vllm_share(model_dir: Path, tok, args) -> dict:
+    """vLLM: what scoring Best-of-N drafts costs next to generating them, with and without prefix reuse.
+
+    Generates ``--bon-drafts`` drafts of ``--bon-draft-tokens`` tokens for each of ``--bon-questions``
+    prompts on a vLLM generation engine (n drafts per prompt in one request, as the harness asks), then
+    scores the prompt + draft token ids on ``VLLMScorer`` with ``reuse_prefix`` off (every draft a full
+    prefill) and on (the prompt's KV blocks once per question), alternating ``--bon-repeats`` times from
+    a cold cache each time. Engines run one after the other, each sized for this machine.
+    """
+    from vllm import LLM, SamplingParams
+
+    from metastone.serve.vllm_cpu import cpu_memory_kwargs
+    from metastone.serve.vllm_scorer import VLLMScorer
+
+    base = make_traces(tok, 1, args.bon_prompt_tokens + 40, seed=1)[0]
+    prompt_ids = tok.encode(base, add_special_tokens=False)[: args.bon_prompt_tokens]
+    prompts = [[(prompt_ids[0] + q) % 1000 + 100] + prompt_ids[1:] for q in range(args.bon_questions)]
+    max_len = args.bon_prompt_tokens + args.bon_draft_tokens + 16
+    llm = LLM(model=str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=max_len,
+              **cpu_memory_kwargs(model_dir, max_model_len=max_len, dtype=args.dtype))
+    sp = SamplingParams(n=args.bon_drafts, max_tokens=args.bon_draft_tokens, min_tokens=args.bon_draft_tokens,
+                        temperature=0.8, seed=0)
+    llm.generate([{"prompt_token_ids": [7] + p[1:]} for p in prompts[:1]], sp, use_tqdm=False)  # warm-up
+    gen_secs, outs = float("inf"), None
+    for _ in range(args.bon_repeats):
+        llm.reset_prefix_cache()
+        start = time.perf_counter()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+        gen_secs = min(gen_secs, time.perf_counter() - start)
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    seqs = [p + list(c.token_ids) for p, o in zip(prompts, outs) for c in o.outputs]
+    lens = [len(p) for p, o in zip(prompts, outs) for _ in o.outputs]
+    scorer = VLLMScorer(model_dir, dtype=args.dtype, max_model_len=max_len)
+    scorer.score_ids([[7] + seqs[0][1:]], [lens[0]])  # warm-up
+    modes = {"full prefill per draft (reuse_prefix=False)": False, "prompt blocks once (reuse_prefix=True)": True}
+    best, results, computed = {k: float("inf") for k in modes}, {}, {}
+    for _ in range(args.bon_repeats):
+        for name, reuse in modes.items():
+            scorer.reuse_prefix = reuse
+            scorer.reset_prefix_cache()
+            before = scorer.stats["computed_tokens"]
+            start = time.perf_counter()
+            results[name] = scorer.score_ids(seqs, lens)
+            best[name] = min(best[name], time.perf_counter() - start)
+            computed[name] = (scorer.stats["computed_tokens"] - before) / len(seqs)
+    scorer.close()
+    a, b = results.values()
+    diff = max((abs(x - y) for r, q in zip(a, b) for x, y in zip(r.step_scores, q.step_scores)), default=0.0)
+    assert [r.positions for r in a] == [r.positions for r in b]
+    print(f"\nBest-of-N on vLLM: {args.bon_questions} prompts x {args.bon_drafts} drafts, prompt {len(prompt_ids)} tokens, "
+          f"drafts {args.bon_draft_tokens} tokens, best of {args.bon_repeats}; generating them took {gen_secs:.3f} s")
+    out = {"questions": args.bon_questions, "drafts": args.bon_drafts, "prompt_tokens": len(prompt_ids),
+           "draft_tokens": args.bon_draft_tokens, "generation_seconds": gen_secs, "rows": {}, "max_abs_diff": diff}
+    for name in modes:
+        share = best[name] / gen_secs
+        print(f"  {name:<46} {best[name]:7.3f} s  {100 * share:5.1f}% of generation  computed tokens/draft "
+              f"{computed[name]:6.1f}")
+        out["rows"][name] = {"seconds": best[name], "share_of_generation": share, "computed_tokens_per_draft": computed[name]}
+    print(f"  max |step score diff| {diff:.2e}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder with its SPRM head (default: build a SmolLM2-135M-shaped one)")
@@ -177,6 +244,8 @@ def main() -> None:
     n_tokens = sum(map(len, ids))
     torch.set_num_threads(os.cpu_count() or 1)
     bon = bon_shared_vs_full(model_dir, tok, args)
+    if not args.skip_vllm:
+        bon["vllm"] = bon_vllm_share(model_dir, tok, args)
     if args.bon_only:
         if args.json:
             Path(args.json).write_text(json.dumps({"best_of_n": bon}, indent=2))

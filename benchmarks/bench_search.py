@@ -206,9 +206,7 @@ async def run_bench(args) -> dict:
                       "tokens": tokens / n, "nodes": sum(q["nodes"] for q in per_question) / n, "seconds": secs * share,
                       "per_question": per_question})
         for name, b in [(s, b) for s, b in todo if s != "bon"]:
-            cached = getattr(getattr(scorer, "scorer", None), "prefix_cache", None)
-            if cached is not None:
-                cached.clear()  # each row's scored tokens are its own (no row reuses another's nodes)
+            scorer.scorer.reset_prefix_cache()  # each row's scored tokens are its own (no row reuses another's nodes)
             if name == "beam":
                 cfg = BeamSearchConfig(beam_width=args.beam_width, expansions=args.expansions, max_depth=args.max_depth,
                                        max_step_tokens=args.max_step_tokens, token_budget=b, **common)

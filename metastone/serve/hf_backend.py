@@ -204,6 +204,11 @@ class HFScorer:
         self.prefix_cache = PrefixCache(int(prefix_cache_mib * 2**20)) if prefix_cache_mib > 0 else None
         self.stats = {"sequences": 0, "tokens": 0, "computed_tokens": 0}
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (``prefix_cache_mib``), as ``VLLMScorer.reset_prefix_cache`` does."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
         batches, current = [], []

@@ -248,6 +248,20 @@ def kv_cache_bytes(model_dir: str | Path, *, kv_cache_gib: float | None = None, 
     return int(size)
 
 
+# vLLM's prefix cache reuses whole KV blocks only, and its CPU backend defaults to 128-token blocks:
+# coarser than a few-shot prompt (~100 tokens) or a search step, so N drafts of one prompt, or a node
+# and its parent, would share nothing. 32 is the smallest block its CPU attention accepts.
+CPU_BLOCK_SIZE = 32
+
+
+def cpu_block_kwargs() -> dict:
+    """``{"block_size": 32}`` for a vLLM engine on a CPU-only host (prefix caching at a useful grain); ``{}``
+    with CUDA, where vLLM's default (16) is already fine."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"block_size": CPU_BLOCK_SIZE}
+
+
 def cpu_memory_kwargs(model_dir: str | Path, *, kv_cache_gib: float | None = None, max_model_len: int | None = None,
                       dtype: str = "auto") -> dict:
     """``{"kv_cache_memory_bytes": n}`` for a vLLM engine on a CPU-only host; ``{}`` with CUDA or when

@@ -21,15 +21,11 @@ from pathlib import Path
 from typing import Sequence
 
 from metastone.serve.scoring import StepScoreMemo, TraceScore, check_batch, trace_score_from_token_probs
-from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_memory_kwargs
+from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_block_kwargs, cpu_memory_kwargs
 from metastone.serve.vllm_plugin import sprm_architecture
 from metastone.sprm import SPRMConfig, load_head, resolve_step_spec
 
 logger = logging.getLogger(__name__)
-
-# vLLM caches whole KV blocks only. Its CPU backend defaults to 128-token blocks, coarser than a
-# few-shot prompt or a search step, so nothing would be reused; 32 is the smallest it accepts.
-CPU_PREFIX_BLOCK_SIZE = 32
 
 
 def sprm_hf_overrides(model_dir: str | Path, head_path: str | Path | None = None) -> dict:
@@ -73,7 +69,6 @@ class VLLMScorer:
         memo_entries: int = 200_000,
         **engine_kwargs,
     ):
-        import torch
         from transformers import AutoConfig, AutoTokenizer
         from vllm import LLM
 
@@ -90,10 +85,10 @@ class VLLMScorer:
         if "kv_cache_memory_bytes" not in engine_kwargs:
             engine_kwargs.update(cpu_memory_kwargs(model_dir, kv_cache_gib=kv_cache_gib, dtype=dtype,
                                                    max_model_len=engine_kwargs.get("max_model_len")))
-        if reuse_prefix and "block_size" not in engine_kwargs and not torch.cuda.is_available():
-            engine_kwargs["block_size"] = CPU_PREFIX_BLOCK_SIZE
+        if reuse_prefix and "block_size" not in engine_kwargs:
+            engine_kwargs.update(cpu_block_kwargs())
         self.reuse_prefix = reuse_prefix
-        self.memo = StepScoreMemo(memo_entries) if reuse_prefix else None
+        self.memo = StepScoreMemo(memo_entries)
         self.stats = {"sequences": 0, "tokens": 0, "computed_tokens": 0, "rerun_traces": 0}
         self.llm = LLM(
             model=str(model_dir), runner="pooling", hf_overrides=overrides, dtype=dtype,
@@ -129,7 +124,12 @@ class VLLMScorer:
     def _trace(self, seq: Sequence[int], prompt_len: int, out) -> TraceScore | None:
         rows = out.outputs.data.reshape(-1).float().tolist()
         return trace_score_from_token_probs(seq, prompt_len, rows, self.spec, self.config.aggregation,
-                                            cached=out.num_cached_tokens, memo=self.memo)
+                                            cached=out.num_cached_tokens, memo=self.memo if self.reuse_prefix else None)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix: vLLM's KV blocks and the memo of step rows (benchmarks start cold)."""
+        self.memo.clear()
+        self.llm.reset_prefix_cache()
 
     def score_ids(self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int] | None = None) -> list[TraceScore]:
         lens = check_batch(sequences, prompt_lens, self.max_len)

@@ -62,7 +62,7 @@ def test_per_token_output_is_sigmoid_of_head_on_layer_minus_two(vllm_scorer, tin
 
 
 def test_prefix_reuse_runs_only_new_tokens_and_matches_full_prefill(vllm_scorer, tiny_model_dir):
-    from metastone.serve.vllm_scorer import CPU_PREFIX_BLOCK_SIZE as BLOCK
+    from metastone.serve.vllm_cpu import CPU_BLOCK_SIZE as BLOCK
 
     hf = HFScorer(tiny_model_dir)
     prompt = hf.encode(PROMPT.replace("2+3", "17+25? Show each step, then check the sum twice, once by adding the tens first"))

@@ -115,3 +115,12 @@ def test_parse_flag_and_engine_kwargs(tmp_path, monkeypatch, no_gpu):
 def test_free_memory_reads_this_host():
     free = vllm_cpu.free_memory_bytes()
     assert 0 < free <= vllm_cpu._meminfo("/proc/meminfo")["MemTotal"]
+
+
+def test_cpu_engines_get_blocks_small_enough_to_share_a_prompt(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert vllm_cpu.cpu_block_kwargs() == {"block_size": vllm_cpu.CPU_BLOCK_SIZE} and vllm_cpu.CPU_BLOCK_SIZE == 32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert vllm_cpu.cpu_block_kwargs() == {}  # vLLM's GPU default (16 tokens) is kept
