@@ -163,15 +163,15 @@ def bon_vllm_share(model_dir: Path, tok, args) -> dict:
     """
     from vllm import LLM, SamplingParams
 
-    from metastone.serve.vllm_cpu import cpu_memory_kwargs
+    from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs
     from metastone.serve.vllm_scorer import VLLMScorer
 
     base = make_traces(tok, 1, args.bon_prompt_tokens + 40, seed=1)[0]
     prompt_ids = tok.encode(base, add_special_tokens=False)[: args.bon_prompt_tokens]
     prompts = [[(prompt_ids[0] + q) % 1000 + 100] + prompt_ids[1:] for q in range(args.bon_questions)]
     max_len = args.bon_prompt_tokens + args.bon_draft_tokens + 16
-    llm = LLM(model=str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=max_len,
-              **cpu_memory_kwargs(model_dir, max_model_len=max_len, dtype=args.dtype))
+    llm = LLM(model=str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=max_len, **cpu_block_kwargs(),
+              **cpu_memory_kwargs(model_dir, max_model_len=max_len, dtype=args.dtype))  # as our policy engines run
     sp = SamplingParams(n=args.bon_drafts, max_tokens=args.bon_draft_tokens, min_tokens=args.bon_draft_tokens,
                         temperature=0.8, seed=0)
     llm.generate([{"prompt_token_ids": [7] + p[1:]} for p in prompts[:1]], sp, use_tqdm=False)  # warm-up

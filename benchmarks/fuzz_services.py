@@ -11,7 +11,7 @@ JSON, bodies that are not objects, wrong types, missing and unknown fields, empt
 inputs, token ids outside the vocabulary, negative or huge numbers, the wrong content type. One
 request in ten is a good one, whose answer is checked against the answer before the fuzz. Each
 request has a ``--timeout_s`` deadline (past it: a hang). The services' memory (RSS of the process
-tree) is sampled after the first and the second half of each route's requests.
+tree) is sampled after every eighth of each route's requests (``rss_mb_series``); ``--routes`` picks routes.
 Only 127.0.0.1 is contacted; counts and time are bounded by the flags.
 """
 
@@ -194,16 +194,19 @@ async def fuzz_route(url: str, route: str, spec: tuple, vocab: int, n: int, clie
                 stats["2xx_accepted"] += 1  # e.g. a huge max_tokens clamped to the context, an int for a float
 
         start_t = time.monotonic()
-        half = n // 2
-        await asyncio.gather(*(one(*p) for p in plan[:half]))
-        rss.append(tree_rss_mb(pid))
-        await asyncio.gather(*(one(*p) for p in plan[half:]))
-        rss.append(tree_rss_mb(pid))
+        # memory after every eighth of the requests: a warm-up levels off, a leak keeps climbing
+        cuts = sorted({n * k // 8 for k in range(1, 9)})
+        done = 0
+        for cut in cuts:
+            await asyncio.gather(*(one(*p) for p in plan[done:cut]))
+            rss.append(round(tree_rss_mb(pid), 1))
+            done = cut
         # after the fuzz: good requests still answered correctly
         after = await asyncio.gather(*(client.post(route, json=good) for _ in range(5)))
         stats["good_after_ok"] = sum(r.status_code == 200 and check_good(route, r.json()) for r in after)
     return {"route": route, "requests": n, "seconds": round(time.monotonic() - start_t, 1), **stats,
-            "rss_mb_after_half": round(rss[0], 1), "rss_mb_after_all": round(rss[1], 1), "examples": examples}
+            "rss_mb_after_half": rss[len(rss) // 2 - 1] if len(rss) > 1 else rss[0], "rss_mb_after_all": rss[-1],
+            "rss_mb_series": rss, "examples": examples}
 
 
 def main() -> int:
@@ -214,6 +217,7 @@ def main() -> int:
     p.add_argument("--timeout_s", type=float, default=120.0, help="per request; past it a request counts as a hang")
     p.add_argument("--context", type=int, default=128, help="the policy's --max_model_len")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--routes", default=None, help="comma-separated subset, e.g. /generate (default: every route)")
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args()
     if not 1 <= args.requests <= 10000 or not 1 <= args.clients <= 1000:
@@ -241,6 +245,11 @@ def main() -> int:
                                         work / "policy.log")
         procs.append(policy_proc)
         specs = routes(str(model), ids, plen, vocab)
+        if args.routes:
+            unknown = set(args.routes.split(",")) - set(specs)
+            if unknown:
+                raise SystemExit(f"--routes: unknown {sorted(unknown)}; expected some of {sorted(specs)}")
+            specs = {r: specs[r] for r in specs if r in args.routes.split(",")}
         url_of = {"/score": (score_url, score_proc), "/score_ids": (score_url, score_proc),
                   "/generate": (policy_url, policy_proc), "/v1/completions": (policy_url, policy_proc)}
         baseline = {r: httpx.post(url_of[r][0] + r, json=specs[r][0], timeout=300).json() for r in specs}
