@@ -9,14 +9,19 @@ full-width colon, any case of ``answer``: ``ANSWER: B``, ``答案：B``, ``Answe
 Categories are C-Eval's official four (hkust-nlp/ceval ``subject_mapping.json``): 20 STEM, 10 Social
 Science, 11 Humanities and 11 Other subjects, 52 in all, plus the 8-subject "Hard" subset. The
 category and overall averages are over questions (micro); per-subject numbers are also given.
+
+``CEval`` is the task: it reads ``data/ceval.json`` and grades with the functions here.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
+from pathlib import Path
 from typing import Iterable, Sequence
 
+from metastone.eval.base import Example, Grade, Task
 from metastone.eval.extract import answer_region
 
 CHOICES = ("A", "B", "C", "D")
@@ -119,3 +124,38 @@ def category_report(subjects: Sequence[str], correct: Iterable[bool | float]) ->
         "hard": summary(hard) if hard else None,
         "subjects": {s: {**summary(v), "category": SUBJECT_CATEGORY[s]} for s, v in sorted(by_subject.items())},
     }
+
+
+class CEval(Task):
+    """C-Eval val: rows ``{"model_input", "answer": "A".."D", "sub", "id"}``; see ``ceval_grader``."""
+
+    name = "ceval"
+    default_file = "ceval.json"
+
+    @classmethod
+    def _read(cls, path: Path, **options) -> list[Example]:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of C-Eval rows.")
+        examples = []
+        for i, row in enumerate(rows):
+            where = f"{path}[{i}]"
+            if not isinstance(row, dict) or not {"model_input", "answer", "sub", "id"} <= row.keys():
+                raise ValueError(f"{where}: expected {{\"model_input\", \"answer\", \"sub\", \"id\"}}.")
+            try:
+                answer = check_gold(row["answer"])
+                subject_category(row["sub"])
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            examples.append(Example(f"ceval-{row['sub']}-{row['id']}", row["model_input"], answer, {"subject": row["sub"]}))
+        return examples
+
+    def grade(self, response: str, example: Example) -> Grade:
+        correct, choice = grade_choice(response, example.answer)
+        return Grade(correct, choice)
+
+    def answer_keys(self, responses) -> list[str | None]:
+        return [extract_choice(r) for r in responses]
+
+    def summarize(self, examples, grades) -> dict:
+        return category_report([e.meta["subject"] for e in examples], [g.correct for g in grades])

@@ -20,6 +20,9 @@ code is compiled as its own unit, so ``from __future__`` imports still work.
 
 pass@1 for a sample is "every test passed" (``CodeGrade.passed``). With ``stop_on_first_failure``
 (default) the tests not yet started after a failure are reported as "skipped".
+
+``CodeTask`` is the base of the code benchmarks' tasks (``LiveCodeBench``, ``HumanEval``): the last
+python block of the answer region, graded by a lazily built ``CodeGrader``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Sequence
 
+from metastone.eval.base import Example, Grade, Task
+from metastone.eval.extract import answer_region, last_code_block
 from metastone.sandbox.sandbox import RunResult, Sandbox, SandboxConfig
 
 logger = logging.getLogger(__name__)
@@ -274,3 +279,34 @@ class CodeGrader:
             first_bad = next((r for r in grade.results if not r.passed and r.status != "skipped"), None)
             grade.reason = "passed" if grade.passed else (first_bad.status if first_bad else "skipped")
         return grades
+
+
+class CodeTask(Task):
+    """Shared by the code tasks: a ``CodeGrader`` (sandbox) built lazily from ``sandbox`` options."""
+
+    def __init__(self, examples, source="", sandbox: SandboxConfig | None = None, workers: int | None = None):
+        super().__init__(examples, source)
+        self.sandbox_config, self.workers = sandbox, workers
+        self._grader: CodeGrader | None = None
+
+    @property
+    def grader(self) -> CodeGrader:
+        if self._grader is None:
+            self._grader = CodeGrader(self.sandbox_config, self.workers)
+        return self._grader
+
+    def code_of(self, response: str) -> str | None:
+        region = answer_region(response)
+        return None if region is None else last_code_block(region)
+
+    def grade(self, response: str, example: Example) -> Grade:
+        return self.grade_batch([response], [example])[0]
+
+    def _jobs(self, responses, examples) -> list[tuple]:
+        raise NotImplementedError
+
+    def grade_batch(self, responses, examples) -> list[Grade]:
+        if len(responses) != len(examples):
+            raise ValueError(f"{self.name}: {len(responses)} responses but {len(examples)} examples.")
+        jobs = self._jobs(responses, examples)
+        return [Grade(g.passed, g.code, g.to_dict()) for g in self.grader.grade_many(jobs)]

@@ -16,7 +16,7 @@ Files (``data/demo/{train,test}.jsonl``) are made by::
     python -m metastone.eval.demo_task --out data/demo --seed 0 --train 2000 --test 200
 
 The generator uses only ``random.Random(seed)``, so the same command rewrites identical files
-(a test checks this); questions are unique across both splits.
+(a test checks this); questions are unique across both splits. ``Demo`` is the task that reads them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import random
 import re
 from pathlib import Path
 
+from metastone.eval.base import DATA_DIR, Example, Grade, Task
 from metastone.eval.extract import answer_region
+from metastone.records import read_jsonl
 
 KINDS = ("sum", "word_add", "word_sub", "word_total")
 NAMES = (("Sara", "she"), ("Tom", "he"), ("Ana", "she"), ("Ben", "he"), ("Lina", "she"), ("Omar", "he"),
@@ -134,6 +136,41 @@ def main(argv: list[str] | None = None) -> int:
     write_jsonl(test, out / "test.jsonl")
     print(f"wrote {len(train)} train and {len(test)} test problems to {out}")
     return 0
+
+
+class Demo(Task):
+    """The CPU demo task (``demo_task``): few-shot prompt, first "The answer is N" graded."""
+
+    name = "demo"
+    default_file = "demo/test.jsonl"
+    stop = STOP
+    use_chat_template = False
+
+    @classmethod
+    def load(cls, path=None, split: str = "test"):
+        if path is None:
+            if split not in ("train", "test"):
+                raise ValueError(f"demo split must be 'train' or 'test', got {split!r}.")
+            path = DATA_DIR / "demo" / f"{split}.jsonl"
+        return super().load(path)
+
+    @classmethod
+    def _read(cls, path: Path, **options) -> list[Example]:
+        examples = []
+        for i, row in enumerate(row for _, row in read_jsonl(path, partial_tail=False)):
+            if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), int) or "id" not in row:
+                raise ValueError(f"{path}:{i + 1}: expected {{\"id\", \"question\": str, \"answer\": int}}.")
+            examples.append(Example(str(row["id"]), demo_prompt(row["question"]), row["answer"],
+                                    {"kind": row.get("kind"), "question": row["question"]}))
+        return examples
+
+    def grade(self, response: str, example: Example) -> Grade:
+        value = parse_demo_answer(response)
+        return Grade(value == example.answer, None if value is None else str(value))
+
+    def answer_keys(self, responses) -> list[str | None]:
+        values = [parse_demo_answer(r) for r in responses]
+        return [None if v is None else str(v) for v in values]
 
 
 if __name__ == "__main__":

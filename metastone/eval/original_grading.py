@@ -22,8 +22,10 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from metastone.eval.base import Example, Grade, Task
+from metastone.eval.ceval_grader import CEval
 from metastone.eval.extract import last_boxed
-from metastone.eval.tasks import CEval, Example, Grade, MathTask, Task
+from metastone.eval.math_grader import MathTask
 
 GRADINGS = ("ours", "original")
 _ORIGINAL_CEVAL_RE = re.compile(r"(?:答案|answer)\s*[:：]\s*([A-Da-d])", re.IGNORECASE)
