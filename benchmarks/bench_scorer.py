@@ -106,18 +106,23 @@ def original_style(model_dir: Path, texts: list[str], dtype: torch.dtype):
     return out, time.perf_counter() - start
 
 
+def bon_prompts(tok, args) -> list[list[int]]:
+    """``--bon-questions`` prompts of ``--bon-prompt-tokens`` tokens, differing in their first token."""
+    base = make_traces(tok, 1, args.bon_prompt_tokens + 40, seed=1)[0]
+    prompt_ids = tok.encode(base, add_special_tokens=False)[: args.bon_prompt_tokens]
+    return [[(prompt_ids[0] + q) % 1000 + 100] + prompt_ids[1:] for q in range(args.bon_questions)]
+
+
 def bon_shared_vs_full(model_dir: Path, tok, args) -> dict:
     """HF scoring of Best-of-N batches with and without the prompt shared, side by side in one process."""
     from metastone.serve.hf_backend import HFScorer
 
     rng = random.Random(1)
-    base = make_traces(tok, 1, args.bon_prompt_tokens + 40, seed=1)[0]
-    prompt_ids = tok.encode(base, add_special_tokens=False)[: args.bon_prompt_tokens]
+    prompts = bon_prompts(tok, args)
     words = [tok.encode(" " + w, add_special_tokens=False) for w in "we add then check each term and the result".split()]
     dot = tok.encode(".\n\n", add_special_tokens=False)
     seqs, lens = [], []
-    for q in range(args.bon_questions):
-        prompt = [(t + q) % 1000 + 100 for t in prompt_ids[:1]] + prompt_ids[1:]  # a different prompt per question
+    for prompt in prompts:
         for _ in range(args.bon_drafts):
             draft = []
             while len(draft) < args.bon_draft_tokens:
@@ -137,8 +142,8 @@ def bon_shared_vs_full(model_dir: Path, tok, args) -> dict:
     assert [r.positions for r in a] == [r.positions for r in b]
     full, shared = best.values()
     print(f"\nBest-of-N scoring, HF backend: {args.bon_questions} prompts x {args.bon_drafts} drafts, prompt "
-          f"{len(prompt_ids)} tokens, drafts {args.bon_draft_tokens} tokens, best of {args.bon_repeats} alternating runs")
-    out = {"questions": args.bon_questions, "drafts": args.bon_drafts, "prompt_tokens": len(prompt_ids),
+          f"{len(prompts[0])} tokens, drafts {args.bon_draft_tokens} tokens, best of {args.bon_repeats} alternating runs")
+    out = {"questions": args.bon_questions, "drafts": args.bon_drafts, "prompt_tokens": len(prompts[0]),
            "draft_tokens": args.bon_draft_tokens, "repeats": args.bon_repeats, "rows": {}, "max_abs_diff": diff}
     for name, sc in scorers.items():
         secs = best[name]
@@ -166,9 +171,7 @@ def bon_vllm_share(model_dir: Path, tok, args) -> dict:
     from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs
     from metastone.serve.vllm_scorer import VLLMScorer
 
-    base = make_traces(tok, 1, args.bon_prompt_tokens + 40, seed=1)[0]
-    prompt_ids = tok.encode(base, add_special_tokens=False)[: args.bon_prompt_tokens]
-    prompts = [[(prompt_ids[0] + q) % 1000 + 100] + prompt_ids[1:] for q in range(args.bon_questions)]
+    prompts = bon_prompts(tok, args)
     max_len = args.bon_prompt_tokens + args.bon_draft_tokens + 16
     llm = LLM(model=str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=max_len, **cpu_block_kwargs(),
               **cpu_memory_kwargs(model_dir, max_model_len=max_len, dtype=args.dtype))  # as our policy engines run
@@ -202,9 +205,9 @@ def bon_vllm_share(model_dir: Path, tok, args) -> dict:
     a, b = results.values()
     diff = max((abs(x - y) for r, q in zip(a, b) for x, y in zip(r.step_scores, q.step_scores)), default=0.0)
     assert [r.positions for r in a] == [r.positions for r in b]
-    print(f"\nBest-of-N on vLLM: {args.bon_questions} prompts x {args.bon_drafts} drafts, prompt {len(prompt_ids)} tokens, "
+    print(f"\nBest-of-N on vLLM: {args.bon_questions} prompts x {args.bon_drafts} drafts, prompt {len(prompts[0])} tokens, "
           f"drafts {args.bon_draft_tokens} tokens, best of {args.bon_repeats}; generating them took {gen_secs:.3f} s")
-    out = {"questions": args.bon_questions, "drafts": args.bon_drafts, "prompt_tokens": len(prompt_ids),
+    out = {"questions": args.bon_questions, "drafts": args.bon_drafts, "prompt_tokens": len(prompts[0]),
            "draft_tokens": args.bon_draft_tokens, "generation_seconds": gen_secs, "rows": {}, "max_abs_diff": diff}
     for name in modes:
         share = best[name] / gen_secs

@@ -81,6 +81,9 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
+ROUTES = ("/score", "/score_ids", "/generate", "/v1/completions")
+
+
 def routes(model: str, ids: list[int], plen: int, vocab: int) -> dict:
     """route -> (good body, main input field, numeric fields)."""
     return {
@@ -222,6 +225,9 @@ def main() -> int:
     args = p.parse_args()
     if not 1 <= args.requests <= 10000 or not 1 <= args.clients <= 1000:
         raise SystemExit("--requests must be in [1, 10000] and --clients in [1, 1000]")
+    chosen = args.routes.split(",") if args.routes else list(ROUTES)
+    if set(chosen) - set(ROUTES):
+        raise SystemExit(f"--routes: unknown {sorted(set(chosen) - set(ROUTES))}; expected some of {list(ROUTES)}")
 
     import httpx
 
@@ -244,12 +250,7 @@ def main() -> int:
         policy_proc, policy_url = start(["serve-policy", *common, "--max_model_len", str(args.context), *eager],
                                         work / "policy.log")
         procs.append(policy_proc)
-        specs = routes(str(model), ids, plen, vocab)
-        if args.routes:
-            unknown = set(args.routes.split(",")) - set(specs)
-            if unknown:
-                raise SystemExit(f"--routes: unknown {sorted(unknown)}; expected some of {sorted(specs)}")
-            specs = {r: specs[r] for r in specs if r in args.routes.split(",")}
+        specs = {r: spec for r, spec in routes(str(model), ids, plen, vocab).items() if r in chosen}
         url_of = {"/score": (score_url, score_proc), "/score_ids": (score_url, score_proc),
                   "/generate": (policy_url, policy_proc), "/v1/completions": (policy_url, policy_proc)}
         baseline = {r: httpx.post(url_of[r][0] + r, json=specs[r][0], timeout=300).json() for r in specs}
