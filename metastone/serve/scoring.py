@@ -89,6 +89,10 @@ def check_batch(sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int] |
     return lens
 
 
+# about 150 bytes an entry: ~30 MB at the default bound
+MEMO_ENTRIES = 200_000
+
+
 class StepScoreMemo:
     """Step probabilities already computed, keyed by the token prefix that ends at the step row.
 
@@ -100,7 +104,7 @@ class StepScoreMemo:
     the memo keeps at most ``max_entries`` (least recently used dropped first).
     """
 
-    def __init__(self, max_entries: int = 1_000_000):
+    def __init__(self, max_entries: int = MEMO_ENTRIES):
         if max_entries < 0:
             raise ValueError(f"max_entries must be >= 0 (0 turns the memo off), got {max_entries}.")
         self.max_entries = max_entries

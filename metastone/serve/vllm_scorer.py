@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from metastone.serve.scoring import StepScoreMemo, TraceScore, check_batch, trace_score_from_token_probs
+from metastone.serve.scoring import MEMO_ENTRIES, StepScoreMemo, TraceScore, check_batch, trace_score_from_token_probs
 from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_block_kwargs, cpu_memory_kwargs
 from metastone.serve.vllm_plugin import sprm_architecture
 from metastone.sprm import SPRMConfig, load_head, resolve_step_spec
@@ -66,7 +66,7 @@ class VLLMScorer:
         enforce_eager: bool = True,
         kv_cache_gib: float | None = None,
         reuse_prefix: bool = True,
-        memo_entries: int = 200_000,
+        memo_entries: int = MEMO_ENTRIES,
         **engine_kwargs,
     ):
         from transformers import AutoConfig, AutoTokenizer
