@@ -77,10 +77,12 @@ def start_vllm_server(args, port: int) -> subprocess.Popen:
             cmd += [flag, str(value)]
     if args.enforce_eager:
         cmd.append("--enforce-eager")
-    from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs
+    from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs, cpu_sampler_kwargs
 
     for key, value in cpu_block_kwargs().items():  # N drafts of one prompt share its KV blocks (prefix caching)
         cmd += ["--" + key.replace("_", "-"), str(value)]
+    for processor in cpu_sampler_kwargs().get("logits_processors", []):  # top-p without sorting the vocabulary
+        cmd += ["--logits-processors", processor]
     memory = cpu_memory_kwargs(args.model_path, kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len,
                                dtype=args.dtype)
     if memory:
@@ -130,7 +132,7 @@ def build_backend(args):
     except BaseException:
         proc.terminate()
         raise
-    return VLLMProxyBackend(url, str(args.model_path)), proc
+    return VLLMProxyBackend(url, str(args.model_path), cpu_nucleus="--logits-processors" in proc.args), proc
 
 
 def main(args) -> int:

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metastone.serve.http import bad_request, make_auth_dependency
+from metastone.serve.nucleus import split_top_p
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +145,12 @@ class VLLMProxyBackend:
 
     name = "vllm"
 
-    def __init__(self, base_url: str, model_name: str, timeout_s: float = 3600.0):
+    def __init__(self, base_url: str, model_name: str, timeout_s: float = 3600.0, cpu_nucleus: bool = False):
+        """``cpu_nucleus``: the server runs ``NucleusOnCPU`` (``serve/nucleus.py``); top-p then travels in
+        ``vllm_xargs``."""
         import httpx
 
-        self.base_url, self.model_name = base_url.rstrip("/"), model_name
+        self.base_url, self.model_name, self.cpu_nucleus = base_url.rstrip("/"), model_name, cpu_nucleus
         self.client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
 
     async def prompt_tokens_and_context(self, prompt: str) -> tuple[int, int | None]:
@@ -166,6 +169,10 @@ class VLLMProxyBackend:
                 "repetition_penalty": repetition_penalty}
         if seed is not None:
             body["seed"] = seed
+        if self.cpu_nucleus:
+            body["top_p"], xargs = split_top_p(top_p)
+            if xargs:
+                body["vllm_xargs"] = xargs
         copies = n if temperature == 0 and n > 1 else 1
         if copies > 1:  # vLLM refuses n > 1 with greedy sampling; greedy drafts are all the same draft
             body["n"] = 1

@@ -1,4 +1,5 @@
-"""SPRM scorers as vLLM pooling models: the policy's backbone + the SPRM head, per-token scores out.
+"""SPRM scorers as vLLM pooling models: the policy's backbone + the SPRM head, per-token scores out;
+and ``NucleusOnCPU``, the sort-free top-p our CPU generation engines sample with.
 
 The one file that imports vLLM internals (pinned: vLLM 0.32). The backbone is vLLM's own
 ``Qwen2Model``/``LlamaModel``; its EAGLE auxiliary-hidden-state hook returns ``hidden + residual``
@@ -26,10 +27,12 @@ from vllm.model_executor.models.interfaces_base import default_pooling_type
 from vllm.model_executor.models.llama import LlamaModel
 from vllm.model_executor.models.qwen2 import Qwen2Model
 from vllm.model_executor.models.utils import AutoWeightsLoader, maybe_prefix
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from metastone.sprm import load_head
 from metastone.sprm.io import HEAD_KEYS
 from metastone.sprm.features import layer_input_index
+from metastone.serve.nucleus import TOP_P_ARG, top_p_filter_
 
 HEAD_PREFIX = "sprm_head."
 
@@ -90,3 +93,57 @@ class Qwen2ForSPRM(_SPRMForCausalLMBase):
 class LlamaForSPRM(_SPRMForCausalLMBase):
     backbone_cls = LlamaModel
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+
+
+class NucleusOnCPU(LogitsProcessor):
+    """Top-p for requests that carry it as ``extra_args[TOP_P_ARG]`` (vLLM's own ``top_p`` left at 1.0).
+
+    A vLLM logits processor (``LLM(logits_processors=[...])``, ``--logits-processors``): vLLM applies
+    argmax-invariant processors after the temperature and before its own top-k/top-p, which is where
+    its nucleus is taken, so the request samples from the same nucleus; ``metastone.serve.nucleus``
+    finds it without sorting the vocabulary. Our CPU generation engines start with it
+    (``vllm_cpu.cpu_sampler_kwargs``) and move each request's top-p here (``nucleus.split_top_p``).
+    """
+
+    def __init__(self, vllm_config, device, is_pin_memory):
+        self.top_p: dict[int, float] = {}  # batch row -> top_p, for the rows that have one
+
+    @classmethod
+    def validate_params(cls, sampling_params):
+        p = (sampling_params.extra_args or {}).get(TOP_P_ARG)
+        if p is None:
+            return
+        if not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise ValueError(f"extra_args[{TOP_P_ARG!r}] must be a number in (0, 1], got {p!r}.")
+        if sampling_params.top_p < 1:
+            raise ValueError(f"set either top_p ({sampling_params.top_p}) or extra_args[{TOP_P_ARG!r}] ({p}), not both.")
+
+    def is_argmax_invariant(self) -> bool:
+        return True  # the most likely token is always in the nucleus
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self.top_p.pop(index, None)
+        for index, params, _, _ in batch_update.added:
+            p = (params.extra_args or {}).get(TOP_P_ARG) if params is not None else None
+            if p is not None and p < 1:
+                self.top_p[index] = float(p)
+            else:
+                self.top_p.pop(index, None)
+        for a, b, direction in batch_update.moved:
+            p_a, p_b = self.top_p.pop(a, None), self.top_p.pop(b, None)
+            if p_a is not None:
+                self.top_p[b] = p_a
+            if direction == MoveDirectionality.SWAP and p_b is not None:
+                self.top_p[a] = p_b
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.top_p:
+            return logits
+        p = torch.ones(logits.shape[0], dtype=torch.float32)
+        for index, value in self.top_p.items():
+            if index < logits.shape[0]:
+                p[index] = value
+        return top_p_filter_(logits, p)

@@ -151,3 +151,34 @@ def test_policy_service_on_vllm(server_factory, tiny_model_dir):
     assert greedy.status_code == 200 and len(set(greedy.json()["results"])) == 1 and len(greedy.json()["results"]) == 3
     assert httpx.post(server.url + "/generate", json={"prefix_prompt": "", "max_tokens": 4}).status_code == 422
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_cpu_generation_takes_top_p_without_sorting_and_samples_the_same(tiny_model_dir):
+    """LocalGenerator on CPU samples top-p through NucleusOnCPU (serve/nucleus.py): the same drafts as
+    vLLM's own sort-based top-p, seed for seed; and top-p does filter (top_p=1 gives other drafts)."""
+    import asyncio
+
+    import torch
+
+    from metastone.engines import DraftRequest, LocalGenerator, Sampling
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU engines only")
+    reqs = [DraftRequest(key=f"k{i}", question_id="q", draft=i, seed=i, prompt="", prompt_ids=[100 + i % 3, 200, 300])
+            for i in range(6)]
+    settings = [Sampling(max_tokens=20, temperature=1.0, top_p=0.9, repetition_penalty=1.0),
+                Sampling(max_tokens=20, temperature=0.3, top_p=0.5, repetition_penalty=1.05),
+                Sampling(max_tokens=20, temperature=1.0, top_p=1.0, repetition_penalty=1.0)]
+    drafts = {}
+    for fast in (True, False):
+        gen = LocalGenerator("vllm", str(tiny_model_dir), dtype="float32", enforce_eager=True, max_model_len=256,
+                             cpu_nucleus=fast)
+        try:
+            assert gen.cpu_nucleus is fast
+            for s in settings:
+                drafts[fast, s.top_p] = [r.token_ids for r in asyncio.run(gen.generate(reqs, s))]
+        finally:
+            asyncio.run(gen.close())
+    for s in settings:
+        assert drafts[True, s.top_p] == drafts[False, s.top_p], s
+    assert drafts[True, 0.9] != drafts[True, 1.0]
