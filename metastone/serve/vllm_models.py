@@ -7,7 +7,8 @@ entering decoder layer k, which is exactly HF ``hidden_states[k]``; the head is
 ``metastone.sprm.SPRMHead`` loaded with ``metastone.sprm.load_head`` from the model folder (or from
 ``hf_overrides={"sprm_head_path": ...}``). ``forward`` returns one logit per token; the
 token-classify pooler applies the sigmoid (one label), so ``/pooling`` and ``LLM.encode`` return
-per-token probabilities. Choosing the step rows and aggregating is done by the caller with
+per-token probabilities. The backbone stops at the feature layer: the layers after it never run.
+Choosing the step rows and aggregating is done by the caller with
 ``metastone.sprm`` (see ``metastone.serve.scoring``): this model never re-implements them.
 
 vLLM's built-in ``Qwen2ForProcessRewardModel`` + STEP pooling does not fit: it reads the final
@@ -61,6 +62,12 @@ class _SPRMForCausalLMBase(nn.Module):
         self.sprm_head = head.to(model_config.head_dtype)
         self.feature_index = layer_input_index(text_config.num_hidden_layers, sprm_config.feature_layer)
         self.model._set_aux_hidden_state_layers((self.feature_index,))
+        # Nothing after the feature layer is read: the backbone's layer loop stops where the feature is taken
+        # (vLLM captures the auxiliary state after layer k-1 runs, under index k), so the last layer, which
+        # the released head never reads, costs nothing (the final norm still runs, on the unused output).
+        # Single-stage only: with pipeline stages each one owns a slice of the layers.
+        if self.model.start_layer == 0 and self.model.end_layer > self.feature_index:
+            self.model.end_layer = self.feature_index
         self.pooler = pooler_for_token_classify(model_config.pooler_config)
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
 
