@@ -89,21 +89,28 @@ async def main_async(args) -> None:
     with RecordStore(Path(tmp.name) / "plan.jsonl") as empty:
         requests = pending_requests(cfg, task, tokenizer, empty)
 
+    computed = {}
     t = time.perf_counter()
+    before = vllm_scorer.stats["computed_tokens"]
     await original_style(requests, generator, scorer_a, tokenizer, cfg.sampling, args.branch)
     a_secs = time.perf_counter() - t
+    computed["a"] = vllm_scorer.stats["computed_tokens"] - before
     vllm_scorer.reuse_prefix = not args.no_prefix_reuse
     vllm_scorer.reset_prefix_cache()  # (a)'s drafts are (b)'s: nothing of them may be cached for (b)
+    before = vllm_scorer.stats["computed_tokens"]
     t = time.perf_counter()
     with RecordStore(cfg.output_file) as store:
         stats = await run(cfg, task, tokenizer, generator, scorer_b, store)
     b_secs = time.perf_counter() - t
+    computed["b"] = vllm_scorer.stats["computed_tokens"] - before
     n = len(requests)
     print(f"\n{args.questions} questions x {args.drafts} drafts, up to {args.max_tokens} tokens, model {model_dir.name}, "
           f"{os.cpu_count()} CPU threads, vLLM policy + vLLM SPRM scorer in one process")
-    print(f"{'harness':<58} {'seconds':>8} {'drafts/s':>9} {'scoring share':>14}")
-    print(f"{'(a) original style: 1 question at a time, ' + str(args.branch) + ' drafts in flight':<58} {a_secs:>8.1f} {n / a_secs:>9.2f} {100 * scorer_a.seconds / a_secs:>13.1f}%")
-    print(f"{'(b) metastone runner: all drafts in flight, batched scores':<58} {b_secs:>8.1f} {n / b_secs:>9.2f} {100 * scorer_b.seconds / b_secs:>13.1f}%")
+    print(f"{'harness':<58} {'seconds':>8} {'drafts/s':>9} {'scoring share':>14} {'scoring s':>9} {'scored tok/draft':>17}")
+    for key, name, secs, scorer in (("a", f"(a) original style: 1 question at a time, {args.branch} drafts in flight", a_secs, scorer_a),
+                                    ("b", "(b) metastone runner: all drafts in flight, batched scores", b_secs, scorer_b)):
+        print(f"{name:<58} {secs:>8.1f} {n / secs:>9.2f} {100 * scorer.seconds / secs:>13.1f}% {scorer.seconds:>9.1f} "
+              f"{computed[key] / n:>17.1f}")
     print(f"speed-up (a)/(b): {a_secs / b_secs:.2f}x; generated {stats.tokens} tokens in (b)")
 
 
