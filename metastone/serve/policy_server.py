@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metastone.serve.http import bad_request, make_auth_dependency
-from metastone.serve.nucleus import split_top_p
+from metastone.serve.nucleus import TOP_P_ARG, split_top_p
 
 logger = logging.getLogger(__name__)
 
@@ -185,10 +185,33 @@ class VLLMProxyBackend:
         return out
 
     async def forward(self, request: Request, path: str) -> Response:
-        resp = await self.client.request(request.method, f"/{path}", content=await request.body(),
+        content = await request.body()
+        if self.cpu_nucleus and request.method == "POST" and path in ("v1/completions", "v1/chat/completions"):
+            content = _top_p_to_xargs(content)
+        resp = await self.client.request(request.method, f"/{path}", content=content,
                                          headers={"content-type": request.headers.get("content-type", "application/json")},
                                          params=request.query_params)
         return Response(content=resp.content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
+
+
+def _top_p_to_xargs(content: bytes) -> bytes:
+    """An OpenAI request body with its top-p moved to ``vllm_xargs`` for ``NucleusOnCPU``; any body this does
+    not understand (not JSON, no or invalid top_p, the extra argument already set) goes to vLLM unchanged,
+    so vLLM's own validation answers it."""
+    import json
+
+    try:
+        body = json.loads(content)
+        top_p = body.get("top_p") if isinstance(body, dict) else None
+        xargs = body.get("vllm_xargs") if isinstance(body, dict) else None
+    except ValueError:
+        return content
+    if (not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p < 1
+            or (xargs is not None and (not isinstance(xargs, dict) or TOP_P_ARG in xargs))):
+        return content
+    body["top_p"], extra = split_top_p(top_p)
+    body["vllm_xargs"] = {**(xargs or {}), **extra}
+    return json.dumps(body).encode()
 
 
 def create_policy_app(backend, *, api_key: str | None = None) -> FastAPI:

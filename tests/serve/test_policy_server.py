@@ -86,3 +86,20 @@ def test_engine_errors_name_our_field():
     assert engine_error(greedy).status_code == 400 and engine_error(greedy).detail["field"] == "response_num"
     assert engine_error(httpx.Response(400, json={"error": {"message": "bad", "param": "max_tokens"}})).detail["field"] == "max_tokens"
     assert engine_error(httpx.Response(500, text="boom")).status_code == 502
+
+
+def test_openai_bodies_carry_top_p_to_the_cpu_processor():
+    """serve-policy on CPU (NucleusOnCPU) moves an OpenAI request's top-p into vllm_xargs; bodies it does not
+    understand reach vLLM unchanged, so vLLM's own validation answers them."""
+    import json
+
+    from metastone.serve.nucleus import TOP_P_ARG
+    from metastone.serve.policy_server import _top_p_to_xargs
+
+    moved = json.loads(_top_p_to_xargs(json.dumps({"prompt": "x", "top_p": 0.9, "vllm_xargs": {"a": 1}}).encode()))
+    assert moved["top_p"] == 1.0 and moved["vllm_xargs"] == {"a": 1, TOP_P_ARG: 0.9}
+    for body in (b"not json", b"[1]", json.dumps({"top_p": 1.0}).encode(), json.dumps({"top_p": 0}).encode(),
+                 json.dumps({"top_p": "0.5"}).encode(), json.dumps({"prompt": "x"}).encode(),
+                 json.dumps({"top_p": 0.5, "vllm_xargs": {TOP_P_ARG: 0.2}}).encode(),
+                 json.dumps({"top_p": 0.5, "vllm_xargs": "bad"}).encode()):
+        assert _top_p_to_xargs(body) == body

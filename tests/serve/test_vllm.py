@@ -147,6 +147,12 @@ def test_policy_service_on_vllm(server_factory, tiny_model_dir):
     comp = httpx.post(server.url + "/v1/completions", json={"model": str(tiny_model_dir), "prompt": PROMPT, "n": 2,
                                                              "max_tokens": 8, "seed": 3, "return_token_ids": True}, timeout=300)
     assert comp.status_code == 200 and len(comp.json()["choices"]) == 2 and comp.json()["choices"][0]["token_ids"]
+    # an OpenAI body's top-p travels to NucleusOnCPU (vllm_xargs): accepted, seeded, and it filters
+    nucleus = {"model": str(tiny_model_dir), "prompt": PROMPT, "n": 2, "max_tokens": 12, "seed": 3, "return_token_ids": True}
+    low = [httpx.post(server.url + "/v1/completions", json={**nucleus, "top_p": 1e-6}, timeout=300) for _ in range(2)]
+    assert low[0].status_code == 200 and low[0].json()["choices"] == low[1].json()["choices"]
+    # a nucleus of one token: the two seeds draw the same (most likely) token at every step
+    assert len({tuple(c["token_ids"]) for c in low[0].json()["choices"]}) == 1
     greedy = httpx.post(server.url + "/generate", json={**body, "temperature": 0, "response_num": 3}, timeout=300)
     assert greedy.status_code == 200 and len(set(greedy.json()["results"])) == 1 and len(greedy.json()["results"]) == 3
     assert httpx.post(server.url + "/generate", json={"prefix_prompt": "", "max_tokens": 4}).status_code == 422
