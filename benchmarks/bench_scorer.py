@@ -161,29 +161,40 @@ def bon_vllm_share(model_dir: Path, tok, args) -> dict:
     """vLLM: what scoring Best-of-N drafts costs next to generating them, with and without prefix reuse.
 
     Generates ``--bon-drafts`` drafts of ``--bon-draft-tokens`` tokens for each of ``--bon-questions``
-    prompts on a vLLM generation engine (n drafts per prompt in one request, as the harness asks), then
+    prompts on a vLLM generation engine (n drafts per prompt in one request, as the harness asks), at
+    temperature 0.8 and again with the paper's sampling (``metastone.sampling.Sampling``: T 0.6, top-p
+    0.95, repetition penalty 1.05, top-p through ``NucleusOnCPU`` on CPU as our engines run it), then
     scores the prompt + draft token ids on ``VLLMScorer`` with ``reuse_prefix`` off (every draft a full
     prefill) and on (the prompt's KV blocks once per question), alternating ``--bon-repeats`` times from
     a cold cache each time. Engines run one after the other, each sized for this machine.
     """
     from vllm import LLM, SamplingParams
 
-    from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs
+    from metastone.sampling import Sampling
+    from metastone.serve.nucleus import split_top_p
+    from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs, cpu_sampler_kwargs
     from metastone.serve.vllm_scorer import VLLMScorer
 
     prompts = bon_prompts(tok, args)
     max_len = args.bon_prompt_tokens + args.bon_draft_tokens + 16
     llm = LLM(model=str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=max_len, **cpu_block_kwargs(),
-              **cpu_memory_kwargs(model_dir, max_model_len=max_len, dtype=args.dtype))  # as our policy engines run
-    sp = SamplingParams(n=args.bon_drafts, max_tokens=args.bon_draft_tokens, min_tokens=args.bon_draft_tokens,
-                        temperature=0.8, seed=0)
-    llm.generate([{"prompt_token_ids": [7] + p[1:]} for p in prompts[:1]], sp, use_tqdm=False)  # warm-up
-    gen_secs, outs = float("inf"), None
+              **cpu_sampler_kwargs(), **cpu_memory_kwargs(model_dir, max_model_len=max_len, dtype=args.dtype))
+    lengths = dict(n=args.bon_drafts, max_tokens=args.bon_draft_tokens, min_tokens=args.bon_draft_tokens, seed=0)
+    paper = Sampling()  # the paper's settings, what `metastone infer` samples with by default
+    top_p, extra = split_top_p(paper.top_p) if cpu_sampler_kwargs() else (paper.top_p, None)
+    settings = {"plain": SamplingParams(temperature=0.8, **lengths),
+                "paper": SamplingParams(temperature=paper.temperature, top_p=top_p, extra_args=extra,
+                                        repetition_penalty=paper.repetition_penalty, **lengths)}
+    llm.generate([{"prompt_token_ids": [7] + p[1:]} for p in prompts[:1]], settings["paper"], use_tqdm=False)  # warm-up
+    gen, outs = {k: float("inf") for k in settings}, None
     for _ in range(args.bon_repeats):
-        llm.reset_prefix_cache()
-        start = time.perf_counter()
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
-        gen_secs = min(gen_secs, time.perf_counter() - start)
+        for name, sp in settings.items():
+            llm.reset_prefix_cache()
+            start = time.perf_counter()
+            out = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+            gen[name] = min(gen[name], time.perf_counter() - start)
+            outs = out if name == "plain" else outs  # the drafts scored below (lengths are equal in both)
+    gen_secs = gen["plain"]
     llm.llm_engine.engine_core.shutdown()
     del llm
     seqs = [p + list(c.token_ids) for p, o in zip(prompts, outs) for c in o.outputs]
@@ -206,14 +217,19 @@ def bon_vllm_share(model_dir: Path, tok, args) -> dict:
     diff = max((abs(x - y) for r, q in zip(a, b) for x, y in zip(r.step_scores, q.step_scores)), default=0.0)
     assert [r.positions for r in a] == [r.positions for r in b]
     print(f"\nBest-of-N on vLLM: {args.bon_questions} prompts x {args.bon_drafts} drafts, prompt {len(prompts[0])} tokens, "
-          f"drafts {args.bon_draft_tokens} tokens, best of {args.bon_repeats}; generating them took {gen_secs:.3f} s")
+          f"drafts {args.bon_draft_tokens} tokens, best of {args.bon_repeats}; generating them took {gen_secs:.3f} s "
+          f"(temperature 0.8), {gen['paper']:.3f} s with the paper's sampling (T {paper.temperature}, top-p {paper.top_p}, "
+          f"repetition penalty {paper.repetition_penalty})")
     out = {"questions": args.bon_questions, "drafts": args.bon_drafts, "prompt_tokens": len(prompts[0]),
-           "draft_tokens": args.bon_draft_tokens, "generation_seconds": gen_secs, "rows": {}, "max_abs_diff": diff}
+           "draft_tokens": args.bon_draft_tokens, "generation_seconds": gen_secs,
+           "generation_seconds_paper_sampling": gen["paper"], "rows": {}, "max_abs_diff": diff}
     for name in modes:
         share = best[name] / gen_secs
-        print(f"  {name:<46} {best[name]:7.3f} s  {100 * share:5.1f}% of generation  computed tokens/draft "
-              f"{computed[name]:6.1f}")
-        out["rows"][name] = {"seconds": best[name], "share_of_generation": share, "computed_tokens_per_draft": computed[name]}
+        print(f"  {name:<46} {best[name]:7.3f} s  {100 * share:5.1f}% of generation ({100 * best[name] / gen['paper']:5.1f}% "
+              f"with the paper's sampling)  computed tokens/draft {computed[name]:6.1f}")
+        out["rows"][name] = {"seconds": best[name], "share_of_generation": share,
+                             "share_of_generation_paper_sampling": best[name] / gen["paper"],
+                             "computed_tokens_per_draft": computed[name]}
     print(f"  max |step score diff| {diff:.2e}")
     return out
 
