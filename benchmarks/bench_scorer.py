@@ -163,7 +163,7 @@ def bon_vllm_share(model_dir: Path, tok, args) -> dict:
     Generates ``--bon-drafts`` drafts of ``--bon-draft-tokens`` tokens for each of ``--bon-questions``
     prompts on a vLLM generation engine (n drafts per prompt in one request, as the harness asks), at
     temperature 0.8 and again with the paper's sampling (``metastone.sampling.Sampling``: T 0.6, top-p
-    0.95, repetition penalty 1.05, top-p through ``NucleusOnCPU`` on CPU as our engines run it), then
+    0.95, repetition penalty 1.05, on CPU through our processors, as our engines run it), then
     scores the prompt + draft token ids on ``VLLMScorer`` with ``reuse_prefix`` off (every draft a full
     prefill) and on (the prompt's KV blocks once per question), alternating ``--bon-repeats`` times from
     a cold cache each time. Engines run one after the other, each sized for this machine.
@@ -171,7 +171,7 @@ def bon_vllm_share(model_dir: Path, tok, args) -> dict:
     from vllm import LLM, SamplingParams
 
     from metastone.sampling import Sampling
-    from metastone.serve.nucleus import split_top_p
+    from metastone.serve.cpu_sampling import split_sampling
     from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs, cpu_sampler_kwargs
     from metastone.serve.vllm_scorer import VLLMScorer
 
@@ -181,10 +181,10 @@ def bon_vllm_share(model_dir: Path, tok, args) -> dict:
               **cpu_sampler_kwargs(), **cpu_memory_kwargs(model_dir, max_model_len=max_len, dtype=args.dtype))
     lengths = dict(n=args.bon_drafts, max_tokens=args.bon_draft_tokens, min_tokens=args.bon_draft_tokens, seed=0)
     paper = Sampling()  # the paper's settings, what `metastone infer` samples with by default
-    top_p, extra = split_top_p(paper.top_p) if cpu_sampler_kwargs() else (paper.top_p, None)
+    fields, extra = (split_sampling(paper.top_p, paper.repetition_penalty) if cpu_sampler_kwargs()
+                     else ({"top_p": paper.top_p, "repetition_penalty": paper.repetition_penalty}, None))
     settings = {"plain": SamplingParams(temperature=0.8, **lengths),
-                "paper": SamplingParams(temperature=paper.temperature, top_p=top_p, extra_args=extra,
-                                        repetition_penalty=paper.repetition_penalty, **lengths)}
+                "paper": SamplingParams(temperature=paper.temperature, extra_args=extra, **fields, **lengths)}
     llm.generate([{"prompt_token_ids": [7] + p[1:]} for p in prompts[:1]], settings["paper"], use_tqdm=False)  # warm-up
     gen, outs = {k: float("inf") for k in settings}, None
     for _ in range(args.bon_repeats):

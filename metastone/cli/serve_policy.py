@@ -81,8 +81,9 @@ def start_vllm_server(args, port: int) -> subprocess.Popen:
 
     for key, value in cpu_block_kwargs().items():  # N drafts of one prompt share its KV blocks (prefix caching)
         cmd += ["--" + key.replace("_", "-"), str(value)]
-    for processor in cpu_sampler_kwargs().get("logits_processors", []):  # top-p without sorting the vocabulary
-        cmd += ["--logits-processors", processor]
+    processors = cpu_sampler_kwargs().get("logits_processors", [])  # top-p, repetition penalty: serve/cpu_sampling.py
+    if processors:  # one flag, every class after it (a repeated flag keeps only its last list)
+        cmd += ["--logits-processors", *processors]
     memory = cpu_memory_kwargs(args.model_path, kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len,
                                dtype=args.dtype)
     if memory:
@@ -132,7 +133,7 @@ def build_backend(args):
     except BaseException:
         proc.terminate()
         raise
-    return VLLMProxyBackend(url, str(args.model_path), cpu_nucleus="--logits-processors" in proc.args), proc
+    return VLLMProxyBackend(url, str(args.model_path), cpu_sampling="--logits-processors" in proc.args), proc
 
 
 def main(args) -> int:

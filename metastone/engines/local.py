@@ -17,7 +17,7 @@ class LocalGenerator:
     into one engine batch (``Coalescer``), each request keeping its own seed and sampling options."""
 
     def __init__(self, backend: str, model_dir: str, *, dtype: str = "bfloat16", device: str | None = None,
-                 kv_cache_gib: float | None = None, cpu_nucleus: bool = True, **engine_kwargs):
+                 kv_cache_gib: float | None = None, cpu_sampling: bool = True, **engine_kwargs):
         self.backend = backend
         if backend == "hf":
             import torch
@@ -42,12 +42,12 @@ class LocalGenerator:
                 engine_kwargs.setdefault("max_num_batched_tokens", max(engine_kwargs.get("max_model_len") or 8192, 2048))
                 for key, value in cpu_block_kwargs().items():  # N drafts of one prompt share its KV blocks
                     engine_kwargs.setdefault(key, value)
-                if cpu_nucleus:  # top-p without sorting the vocabulary (serve/nucleus.py)
+                if cpu_sampling:  # top-p and repetition penalty without whole-vocabulary passes (serve/cpu_sampling.py)
                     extra = cpu_sampler_kwargs().get("logits_processors", [])
                     engine_kwargs["logits_processors"] = [*(engine_kwargs.get("logits_processors") or []), *extra]
-            from metastone.serve.nucleus import PROCESSOR
+            from metastone.serve.cpu_sampling import PROCESSORS
 
-            self.cpu_nucleus = PROCESSOR in (engine_kwargs.get("logits_processors") or [])
+            self.cpu_sampling = set(PROCESSORS) <= set(engine_kwargs.get("logits_processors") or [])
             self.llm = LLM(model=str(model_dir), dtype=dtype, **engine_kwargs)
         else:
             raise ValueError(f"unknown local backend {backend!r}; expected 'hf' or 'vllm'.")
@@ -59,14 +59,14 @@ class LocalGenerator:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from metastone.serve.nucleus import split_top_p
+        from metastone.serve.cpu_sampling import split_sampling
 
         params = []
         for r, s in items:
-            top_p, extra = split_top_p(s.top_p) if self.cpu_nucleus else (s.top_p, None)
+            fields, extra = (split_sampling(s.top_p, s.repetition_penalty) if self.cpu_sampling
+                             else ({"top_p": s.top_p, "repetition_penalty": s.repetition_penalty}, None))
             params.append(SamplingParams(n=1, seed=r.seed, max_tokens=s.max_tokens, temperature=s.temperature,
-                                         top_p=top_p, extra_args=extra, repetition_penalty=s.repetition_penalty,
-                                         stop=list(s.stop) or None, skip_special_tokens=False,
+                                         extra_args=extra, **fields, stop=list(s.stop) or None, skip_special_tokens=False,
                                          stop_token_ids=list(s.stop_token_ids) or None))
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=r.prompt_ids) for r, _ in items], params, use_tqdm=False)
         return [GenResult(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason or "length",

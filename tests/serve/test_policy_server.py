@@ -88,18 +88,25 @@ def test_engine_errors_name_our_field():
     assert engine_error(httpx.Response(500, text="boom")).status_code == 502
 
 
-def test_openai_bodies_carry_top_p_to_the_cpu_processor():
-    """serve-policy on CPU (NucleusOnCPU) moves an OpenAI request's top-p into vllm_xargs; bodies it does not
-    understand reach vLLM unchanged, so vLLM's own validation answers them."""
+def test_openai_bodies_carry_sampling_to_the_cpu_processors():
+    """serve-policy on CPU moves an OpenAI request's top-p and repetition penalty into vllm_xargs (our
+    processors, serve/cpu_sampling.py); values and bodies it does not understand reach vLLM unchanged, so
+    vLLM's own validation answers them."""
     import json
 
-    from metastone.serve.nucleus import TOP_P_ARG
-    from metastone.serve.policy_server import _top_p_to_xargs
+    from metastone.serve.cpu_sampling import REPETITION_ARG, TOP_P_ARG
+    from metastone.serve.policy_server import _sampling_to_xargs
 
-    moved = json.loads(_top_p_to_xargs(json.dumps({"prompt": "x", "top_p": 0.9, "vllm_xargs": {"a": 1}}).encode()))
-    assert moved["top_p"] == 1.0 and moved["vllm_xargs"] == {"a": 1, TOP_P_ARG: 0.9}
-    for body in (b"not json", b"[1]", json.dumps({"top_p": 1.0}).encode(), json.dumps({"top_p": 0}).encode(),
-                 json.dumps({"top_p": "0.5"}).encode(), json.dumps({"prompt": "x"}).encode(),
-                 json.dumps({"top_p": 0.5, "vllm_xargs": {TOP_P_ARG: 0.2}}).encode(),
-                 json.dumps({"top_p": 0.5, "vllm_xargs": "bad"}).encode()):
-        assert _top_p_to_xargs(body) == body
+    def moved(body):
+        return json.loads(_sampling_to_xargs(json.dumps(body).encode()))
+
+    out = moved({"prompt": "x", "top_p": 0.9, "repetition_penalty": 1.05, "vllm_xargs": {"a": 1}})
+    assert out["top_p"] == 1.0 and out["repetition_penalty"] == 1.0
+    assert out["vllm_xargs"] == {"a": 1, TOP_P_ARG: 0.9, REPETITION_ARG: 1.05}
+    out = moved({"top_p": "0.5", "repetition_penalty": 1.1})  # a bad top-p stays for vLLM to refuse
+    assert out["top_p"] == "0.5" and out["vllm_xargs"] == {REPETITION_ARG: 1.1}
+    for body in (b"not json", b"[1]", json.dumps({"top_p": 1.0, "repetition_penalty": 1}).encode(),
+                 json.dumps({"top_p": 0}).encode(), json.dumps({"repetition_penalty": -1}).encode(),
+                 json.dumps({"prompt": "x"}).encode(), json.dumps({"top_p": 0.5, "vllm_xargs": {TOP_P_ARG: 0.2}}).encode(),
+                 json.dumps({"top_p": 0.5, "vllm_xargs": "bad"}).encode(), json.dumps({"top_p": True}).encode()):
+        assert _sampling_to_xargs(body) == body

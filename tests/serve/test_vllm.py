@@ -153,15 +153,20 @@ def test_policy_service_on_vllm(server_factory, tiny_model_dir):
     assert low[0].status_code == 200 and low[0].json()["choices"] == low[1].json()["choices"]
     # a nucleus of one token: the two seeds draw the same (most likely) token at every step
     assert len({tuple(c["token_ids"]) for c in low[0].json()["choices"]}) == 1
+    # and its repetition penalty to RepetitionOnCPU: greedy drafts change with it
+    greedy_ids = [httpx.post(server.url + "/v1/completions", json={**nucleus, "n": 1, "temperature": 0, **extra},
+                             timeout=300).json()["choices"][0]["token_ids"] for extra in ({}, {"repetition_penalty": 1.3})]
+    assert greedy_ids[0] != greedy_ids[1]
     greedy = httpx.post(server.url + "/generate", json={**body, "temperature": 0, "response_num": 3}, timeout=300)
     assert greedy.status_code == 200 and len(set(greedy.json()["results"])) == 1 and len(greedy.json()["results"]) == 3
     assert httpx.post(server.url + "/generate", json={"prefix_prompt": "", "max_tokens": 4}).status_code == 422
     assert httpx.get(server.url + "/health").status_code == 200
 
 
-def test_cpu_generation_takes_top_p_without_sorting_and_samples_the_same(tiny_model_dir):
-    """LocalGenerator on CPU samples top-p through NucleusOnCPU (serve/nucleus.py): the same drafts as
-    vLLM's own sort-based top-p, seed for seed; and top-p does filter (top_p=1 gives other drafts)."""
+def test_cpu_generation_takes_top_p_and_penalty_our_way_and_samples_the_same(tiny_model_dir):
+    """LocalGenerator on CPU samples top-p and the repetition penalty through our processors
+    (serve/cpu_sampling.py): the same drafts as vLLM's own implementations, seed for seed; and both act
+    (top_p=1 and no penalty give other drafts)."""
     import asyncio
 
     import torch
@@ -174,17 +179,20 @@ def test_cpu_generation_takes_top_p_without_sorting_and_samples_the_same(tiny_mo
             for i in range(6)]
     settings = [Sampling(max_tokens=20, temperature=1.0, top_p=0.9, repetition_penalty=1.0),
                 Sampling(max_tokens=20, temperature=0.3, top_p=0.5, repetition_penalty=1.05),
+                Sampling(max_tokens=20, temperature=0.0, top_p=1.0, repetition_penalty=1.3),
+                Sampling(max_tokens=20, temperature=0.0, top_p=1.0, repetition_penalty=1.0),
                 Sampling(max_tokens=20, temperature=1.0, top_p=1.0, repetition_penalty=1.0)]
     drafts = {}
     for fast in (True, False):
         gen = LocalGenerator("vllm", str(tiny_model_dir), dtype="float32", enforce_eager=True, max_model_len=256,
-                             cpu_nucleus=fast)
+                             cpu_sampling=fast)
         try:
-            assert gen.cpu_nucleus is fast
-            for s in settings:
-                drafts[fast, s.top_p] = [r.token_ids for r in asyncio.run(gen.generate(reqs, s))]
+            assert gen.cpu_sampling is fast
+            for i, s in enumerate(settings):
+                drafts[fast, i] = [r.token_ids for r in asyncio.run(gen.generate(reqs, s))]
         finally:
             asyncio.run(gen.close())
-    for s in settings:
-        assert drafts[True, s.top_p] == drafts[False, s.top_p], s
-    assert drafts[True, 0.9] != drafts[True, 1.0]
+    for i, s in enumerate(settings):
+        assert drafts[True, i] == drafts[False, i], s
+    assert drafts[True, 0] != drafts[True, 4]  # top-p filters
+    assert drafts[True, 2] != drafts[True, 3]  # the penalty acts (greedy drafts repeat without it)

@@ -1,9 +1,14 @@
-"""Top-p (nucleus) filtering without sorting the vocabulary: the same nucleus as vLLM's, for CPU engines.
+"""Top-p and repetition penalty for CPU engines, computed without full passes over the vocabulary.
 
-vLLM 0.32 applies top-p on CPU by sorting every row of the logits (``apply_top_k_top_p_pytorch``): with
-a 152k-token vocabulary and 128 drafts in flight that sort takes ~0.75 s per decoding step on two
-cores, more than the model's forward pass (``benchmarks/bench_harness.py``, docs/serving.md). The
-nucleus only needs the threshold probability, which a radix select finds in a few linear passes:
+vLLM 0.32 on CPU treats both as whole-vocabulary tensor work at every decoding step: top-p sorts
+every row of the logits (``apply_top_k_top_p_pytorch``; ~0.8 s per step for 128 drafts of a
+152k-token vocabulary on two cores, more than the model's forward pass), and the repetition penalty
+builds [rows, vocab] int64 token counts for the prompt and the output and several [rows, vocab] masks
+(``apply_penalties``; ~0.14 s per step for 32 drafts). Our processors (``vllm_models.NucleusOnCPU``,
+``vllm_models.RepetitionOnCPU``) give the same results for a fraction of that (docs/serving.md).
+
+**Top-p.** The nucleus only needs the threshold probability, which a radix select finds in a few
+linear passes:
 
 1. ``probs = softmax(logits)``; a non-negative float32 orders like its bit pattern read as an integer;
 2. histogram the probability mass by the top 16 bits of each probability (one ``scatter_add_``), and
@@ -16,8 +21,12 @@ The rule is vLLM's: a token is kept iff the probability mass of the tokens ranke
 most likely token is always kept. Two things can differ, both also unspecified in vLLM: which of
 several *exactly equal* probabilities at the threshold are kept (vLLM's sort breaks such ties
 arbitrarily), and a token whose mass above lies within float32 rounding (~1e-6) of ``p``
-(the sums are taken in a different order). ``tests/serve/test_nucleus.py`` checks both against
+(the sums are taken in a different order). ``tests/serve/test_cpu_sampling.py`` checks both against
 vLLM's function.
+
+**Repetition penalty.** Only the tokens that occur in the prompt or the output change; we gather
+those logits, apply vLLM's rule to them (a positive logit times ``1 / penalty``, any other times
+``penalty``, the same float32 operations, so the same bits) and scatter them back.
 """
 
 from __future__ import annotations
@@ -80,15 +89,43 @@ def _outside_nucleus(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return drop
 
 
-# How a top-p reaches the CPU engines' processor: vLLM's own ``top_p`` is left at 1.0 (so vLLM skips its
-# sort) and the value travels in the request's extra arguments (``SamplingParams.extra_args``, or
-# ``vllm_xargs`` in an OpenAI request body), where ``vllm_models.NucleusOnCPU`` reads it.
+def repetition_penalty_(logits: torch.Tensor, seen: list[torch.Tensor | None], penalty: torch.Tensor) -> torch.Tensor:
+    """vLLM's repetition penalty, in place, on the tokens each row has seen; returns ``logits``.
+
+    ``seen[i]``: the token ids row i has seen (prompt and output, repeats allowed; None = nothing to do);
+    ``penalty``: [rows] float32, 1.0 for none.
+    """
+    vocab = logits.shape[1]
+    keys = [row * vocab + ids[(ids >= 0) & (ids < vocab)] for row, ids in enumerate(seen)
+            if ids is not None and float(penalty[row]) != 1.0]
+    if not keys:
+        return logits
+    flat = torch.unique(torch.cat(keys))  # a token seen twice is penalised once
+    rows, cols = flat // vocab, flat % vocab
+    vals = logits[rows, cols]
+    pen = penalty.to(torch.float32)[rows]
+    vals *= torch.where(vals > 0, 1.0 / pen, pen).to(vals.dtype)
+    logits[rows, cols] = vals
+    return logits
+
+
+# How the settings reach the CPU engines' processors: vLLM's own ``top_p`` and ``repetition_penalty`` are
+# left neutral (so vLLM skips its whole-vocabulary work) and the values travel in the request's extra
+# arguments (``SamplingParams.extra_args``, or ``vllm_xargs`` in an OpenAI request body).
 TOP_P_ARG = "metastone_top_p"
-PROCESSOR = "metastone.serve.vllm_models:NucleusOnCPU"
+REPETITION_ARG = "metastone_repetition_penalty"
+PROCESSORS = ("metastone.serve.vllm_models:NucleusOnCPU", "metastone.serve.vllm_models:RepetitionOnCPU")
 
 
-def split_top_p(top_p: float) -> tuple[float, dict | None]:
-    """``(top_p for vLLM, extra arguments)`` for an engine that runs ``NucleusOnCPU``."""
+def split_sampling(top_p: float, repetition_penalty: float) -> tuple[dict, dict | None]:
+    """``(vLLM sampling fields, extra arguments)`` for an engine that runs our ``PROCESSORS``."""
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
-    return (1.0, {TOP_P_ARG: float(top_p)}) if top_p < 1 else (1.0, None)
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}.")
+    extra = {}
+    if top_p < 1:
+        extra[TOP_P_ARG] = float(top_p)
+    if repetition_penalty != 1:
+        extra[REPETITION_ARG] = float(repetition_penalty)
+    return {"top_p": 1.0, "repetition_penalty": 1.0}, extra or None

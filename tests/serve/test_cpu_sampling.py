@@ -1,10 +1,11 @@
-"""Sort-free top-p (serve/nucleus.py): the nucleus of vLLM's rule, checked against an exact float64 reference
-and, where vLLM is installed, against vLLM's own sort-based function and processor plumbing."""
+"""CPU sampling (serve/cpu_sampling.py): the sort-free top-p, checked against an exact float64 nucleus and
+vLLM's sort-based function; the sparse repetition penalty, bit for bit against vLLM's; the processors'
+per-request bookkeeping."""
 
 import pytest
 import torch
 
-from metastone.serve.nucleus import TOP_P_ARG, split_top_p, top_p_filter_
+from metastone.serve.cpu_sampling import REPETITION_ARG, TOP_P_ARG, repetition_penalty_, split_sampling, top_p_filter_
 
 VOCAB = 151_936  # Qwen2's: the size the CPU engines sample from
 
@@ -80,11 +81,37 @@ def test_bfloat16_logits_and_bad_shapes():
         top_p_filter_(torch.zeros(2, 5), torch.ones(3))
 
 
-def test_split_top_p():
-    assert split_top_p(0.95) == (1.0, {TOP_P_ARG: 0.95})
-    assert split_top_p(1.0) == (1.0, None)
+def test_split_sampling():
+    neutral = {"top_p": 1.0, "repetition_penalty": 1.0}
+    assert split_sampling(0.95, 1.05) == (neutral, {TOP_P_ARG: 0.95, REPETITION_ARG: 1.05})
+    assert split_sampling(0.95, 1.0) == (neutral, {TOP_P_ARG: 0.95})
+    assert split_sampling(1.0, 1.0) == (neutral, None)
     with pytest.raises(ValueError, match="top_p must be in"):
-        split_top_p(0.0)
+        split_sampling(0.0, 1.0)
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        split_sampling(0.5, 0.0)
+
+
+def test_repetition_penalty_is_vllms_bit_for_bit():
+    pytest.importorskip("vllm")
+    from vllm._custom_ops import apply_repetition_penalties_torch
+
+    gen = torch.Generator().manual_seed(4)
+    rows, vocab = 6, 5000
+    logits = torch.randn(rows, vocab, generator=gen) * 4
+    prompt = [torch.randint(0, vocab, (n,), generator=gen) for n in (30, 1, 0, 50, 7, 12)]
+    output = [torch.randint(0, vocab, (n,), generator=gen) for n in (5, 0, 9, 40, 0, 3)]
+    penalty = torch.tensor([1.05, 1.3, 0.8, 1.0, 2.0, 1.05])
+    prompt_mask = torch.zeros(rows, vocab, dtype=torch.bool)
+    output_mask = torch.zeros(rows, vocab, dtype=torch.bool)
+    for r in range(rows):
+        prompt_mask[r, prompt[r]] = True
+        output_mask[r, output[r]] = True
+    theirs = logits.clone()
+    apply_repetition_penalties_torch(theirs, prompt_mask, output_mask, penalty)
+    ours = repetition_penalty_(logits.clone(), [torch.cat([p, o, o[:2]]) for p, o in zip(prompt, output)], penalty)
+    assert torch.equal(ours, theirs)  # repeats in `seen` are penalised once, as vLLM's masks do
+    assert torch.equal(repetition_penalty_(logits.clone(), [None] * rows, penalty), logits)
 
 
 def test_same_nucleus_as_vllms_sort():
@@ -118,12 +145,12 @@ def test_processor_follows_the_batch():
     assert torch.equal(proc.apply(logits.clone()), logits)  # no request with a top-p: nothing to do
     proc.update_state(BatchUpdate(batch_size=3, removed=[], added=[(0, params(0.5), [1], []), (1, params(), [1], []),
                                                                       (2, params(0.9), [1], [])], moved=[]))
-    assert proc.top_p == {0: 0.5, 2: 0.9}
+    assert proc.rows == {0: 0.5, 2: 0.9}
     proc.update_state(BatchUpdate(batch_size=3, removed=[], added=[], moved=[(0, 1, MoveDirectionality.SWAP)]))
-    assert proc.top_p == {1: 0.5, 2: 0.9}
+    assert proc.rows == {1: 0.5, 2: 0.9}
     proc.update_state(BatchUpdate(batch_size=2, removed=[1], added=[(3, params(0.3), [1], [])],
                                   moved=[(2, 0, MoveDirectionality.UNIDIRECTIONAL)]))
-    assert proc.top_p == {0: 0.9, 3: 0.3}
+    assert proc.rows == {0: 0.9, 3: 0.3}
     proc.update_state(None)
     out = proc.apply(logits.clone())
     assert torch.equal(out[[1, 2]], logits[[1, 2]])
@@ -134,3 +161,33 @@ def test_processor_follows_the_batch():
         NucleusOnCPU.validate_params(SamplingParams(top_p=0.9, extra_args={TOP_P_ARG: 0.5}))
     with pytest.raises(ValueError, match="must be a number in"):
         NucleusOnCPU.validate_params(params(1.5))
+
+
+def test_repetition_processor_follows_each_requests_tokens():
+    pytest.importorskip("vllm")
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    from metastone.serve.vllm_models import RepetitionOnCPU
+
+    proc = RepetitionOnCPU(None, torch.device("cpu"), False)
+    assert not proc.is_argmax_invariant()
+    out_a, out_b = [], [7]  # vLLM's running output lists, appended to between steps
+    proc.update_state(BatchUpdate(batch_size=3, removed=[], moved=[], added=[
+        (0, SamplingParams(extra_args={REPETITION_ARG: 2.0}), [1, 2], out_a),
+        (1, SamplingParams(), [3], []),
+        (2, SamplingParams(extra_args={REPETITION_ARG: 0.5}), None, out_b)]))
+    logits = torch.tensor([[1.0, 2.0, -2.0, 4.0, 0.0, 1.0, 1.0, 1.0]] * 3)
+    first = proc.apply(logits.clone())
+    assert first[0].tolist() == [1.0, 1.0, -4.0, 4.0, 0.0, 1.0, 1.0, 1.0]  # prompt tokens 1, 2
+    assert torch.equal(first[1], logits[1])
+    assert first[2].tolist() == [1.0, 2.0, -2.0, 4.0, 0.0, 1.0, 1.0, 2.0]  # output token 7, penalty 0.5
+    out_a += [3, 3]
+    second = proc.apply(logits.clone())
+    assert second[0].tolist() == [1.0, 1.0, -4.0, 2.0, 0.0, 1.0, 1.0, 1.0]  # token 3 now seen (once)
+
+    RepetitionOnCPU.validate_params(SamplingParams(extra_args={REPETITION_ARG: 1.05}))
+    with pytest.raises(ValueError, match="not both"):
+        RepetitionOnCPU.validate_params(SamplingParams(repetition_penalty=1.1, extra_args={REPETITION_ARG: 1.05}))
+    with pytest.raises(ValueError, match="must be a number > 0"):
+        RepetitionOnCPU.validate_params(SamplingParams(extra_args={REPETITION_ARG: 0}))
