@@ -107,7 +107,9 @@ class _PerRequestProcessor(LogitsProcessor):
     """Keeps one state per batch row for the requests that carry our extra argument ``ARG``; vLLM reports
     rows removed, added and moved (in that order) before each step."""
 
-    ARG: str
+    ARG: str  # the extra argument
+    FIELD: str  # vLLM's own field for the same setting, which must then stay neutral (1.0)
+    RANGE: str  # the valid values, in words
 
     def __init__(self, vllm_config, device, is_pin_memory):
         self.rows: dict[int, object] = {}
@@ -115,6 +117,21 @@ class _PerRequestProcessor(LogitsProcessor):
     @classmethod
     def _value(cls, sampling_params):
         return (sampling_params.extra_args or {}).get(cls.ARG) if sampling_params is not None else None
+
+    @staticmethod
+    def _in_range(value: float) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def validate_params(cls, sampling_params):
+        value = cls._value(sampling_params)
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not cls._in_range(value):
+            raise ValueError(f"extra_args[{cls.ARG!r}] must be a number {cls.RANGE}, got {value!r}.")
+        own = getattr(sampling_params, cls.FIELD)
+        if own != 1:
+            raise ValueError(f"set either {cls.FIELD} ({own}) or extra_args[{cls.ARG!r}] ({value}), not both.")
 
     def new_state(self, value, prompt_ids, output_ids):
         raise NotImplementedError
@@ -147,17 +164,11 @@ class NucleusOnCPU(_PerRequestProcessor):
     (``vllm_cpu.cpu_sampler_kwargs``) and move each request's top-p here (``cpu_sampling.split_sampling``).
     """
 
-    ARG = TOP_P_ARG
+    ARG, FIELD, RANGE = TOP_P_ARG, "top_p", "in (0, 1]"
 
-    @classmethod
-    def validate_params(cls, sampling_params):
-        p = cls._value(sampling_params)
-        if p is None:
-            return
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-            raise ValueError(f"extra_args[{TOP_P_ARG!r}] must be a number in (0, 1], got {p!r}.")
-        if sampling_params.top_p < 1:
-            raise ValueError(f"set either top_p ({sampling_params.top_p}) or extra_args[{TOP_P_ARG!r}] ({p}), not both.")
+    @staticmethod
+    def _in_range(value: float) -> bool:
+        return 0 < value <= 1
 
     def is_argmax_invariant(self) -> bool:
         return True  # the most likely token is always in the nucleus
@@ -199,18 +210,11 @@ class RepetitionOnCPU(_PerRequestProcessor):
     non-argmax-invariant processors after its built-in ones (min tokens, logit bias) and right before
     its penalties, which is where the repetition penalty was applied, so the order is unchanged."""
 
-    ARG = REPETITION_ARG
+    ARG, FIELD, RANGE = REPETITION_ARG, "repetition_penalty", "> 0"
 
-    @classmethod
-    def validate_params(cls, sampling_params):
-        r = cls._value(sampling_params)
-        if r is None:
-            return
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
-            raise ValueError(f"extra_args[{REPETITION_ARG!r}] must be a number > 0, got {r!r}.")
-        if sampling_params.repetition_penalty != 1:
-            raise ValueError(f"set either repetition_penalty ({sampling_params.repetition_penalty}) or "
-                             f"extra_args[{REPETITION_ARG!r}] ({r}), not both.")
+    @staticmethod
+    def _in_range(value: float) -> bool:
+        return value > 0
 
     def is_argmax_invariant(self) -> bool:
         return False  # a penalised token can stop being the most likely one
