@@ -57,7 +57,7 @@ def top_p_filter_(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 def _outside_nucleus(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Boolean [rows, vocab]: True for the tokens outside each row's nucleus."""
-    n_rows, vocab = logits.shape
+    n_rows = logits.shape[0]
     probs = logits.softmax(dim=-1)
     bits = probs.view(torch.int32)
     hi = bits.long().bitwise_right_shift_(_HI_SHIFT)
@@ -82,7 +82,7 @@ def _outside_nucleus(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     starts = torch.ones_like(r, dtype=torch.bool)
     starts[1:] = r[1:] != r[:-1]
     seg_base = torch.where(starts, csum - vals, torch.zeros_like(csum))
-    seg_base = torch.cummax(seg_base * starts, dim=0).values  # carry each segment's base forward (csum is increasing)
+    seg_base = torch.cummax(seg_base, dim=0).values  # carry each segment's base forward (csum is increasing)
     mass_before = mass_above_boundary[r] + (csum - vals - seg_base)
     inside = mass_before < p.double()[r]
     drop[r[inside], c[inside]] = False
@@ -115,17 +115,23 @@ def repetition_penalty_(logits: torch.Tensor, seen: list[torch.Tensor | None], p
 TOP_P_ARG = "metastone_top_p"
 REPETITION_ARG = "metastone_repetition_penalty"
 PROCESSORS = ("metastone.serve.vllm_models:NucleusOnCPU", "metastone.serve.vllm_models:RepetitionOnCPU")
+# vLLM's field -> (our extra argument, the valid values in words, their test); 1.0 is neutral for both
+SETTINGS = {"top_p": (TOP_P_ARG, "in (0, 1]", lambda v: 0 < v <= 1),
+            "repetition_penalty": (REPETITION_ARG, "> 0", lambda v: v > 0)}
+
+
+def valid_setting(field: str, value) -> bool:
+    """Whether ``value`` is a number (not a bool) that vLLM's ``field`` accepts."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and SETTINGS[field][2](value)
 
 
 def split_sampling(top_p: float, repetition_penalty: float) -> tuple[dict, dict | None]:
     """``(vLLM sampling fields, extra arguments)`` for an engine that runs our ``PROCESSORS``."""
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
-    if not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}.")
     extra = {}
-    if top_p < 1:
-        extra[TOP_P_ARG] = float(top_p)
-    if repetition_penalty != 1:
-        extra[REPETITION_ARG] = float(repetition_penalty)
-    return {"top_p": 1.0, "repetition_penalty": 1.0}, extra or None
+    for field, value in (("top_p", top_p), ("repetition_penalty", repetition_penalty)):
+        arg, words, _ = SETTINGS[field]
+        if not valid_setting(field, value):
+            raise ValueError(f"{field} must be {words}, got {value}.")
+        if value != 1:
+            extra[arg] = float(value)
+    return {field: 1.0 for field in SETTINGS}, extra or None

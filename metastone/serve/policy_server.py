@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metastone.serve.http import bad_request, make_auth_dependency
-from metastone.serve.cpu_sampling import REPETITION_ARG, TOP_P_ARG, split_sampling
+from metastone.serve.cpu_sampling import SETTINGS, split_sampling, valid_setting
 
 logger = logging.getLogger(__name__)
 
@@ -210,11 +210,10 @@ def _sampling_to_xargs(content: bytes) -> bytes:
     if not isinstance(body, dict) or (xargs is not None and not isinstance(xargs, dict)):
         return content
     moved = dict(xargs or {})
-    for field, arg, valid, neutral in (("top_p", TOP_P_ARG, lambda v: 0 < v < 1, 1.0),
-                                       ("repetition_penalty", REPETITION_ARG, lambda v: v > 0 and v != 1, 1.0)):
+    for field, (arg, _, _) in SETTINGS.items():
         value = body.get(field)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and valid(value) and arg not in moved:
-            moved[arg], body[field] = float(value), neutral
+        if valid_setting(field, value) and value != 1 and arg not in moved:
+            moved[arg], body[field] = float(value), 1.0
     if moved == (xargs or {}):
         return content
     body["vllm_xargs"] = moved

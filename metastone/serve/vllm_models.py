@@ -34,7 +34,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from metastone.sprm import load_head
 from metastone.sprm.io import HEAD_KEYS
 from metastone.sprm.features import layer_input_index
-from metastone.serve.cpu_sampling import REPETITION_ARG, TOP_P_ARG, repetition_penalty_, top_p_filter_
+from metastone.serve.cpu_sampling import SETTINGS, repetition_penalty_, top_p_filter_, valid_setting
 
 HEAD_PREFIX = "sprm_head."
 
@@ -104,34 +104,30 @@ class LlamaForSPRM(_SPRMForCausalLMBase):
 
 
 class _PerRequestProcessor(LogitsProcessor):
-    """Keeps one state per batch row for the requests that carry our extra argument ``ARG``; vLLM reports
+    """Keeps one state per batch row for the requests that carry our extra argument for ``FIELD``; vLLM reports
     rows removed, added and moved (in that order) before each step."""
 
-    ARG: str  # the extra argument
-    FIELD: str  # vLLM's own field for the same setting, which must then stay neutral (1.0)
-    RANGE: str  # the valid values, in words
+    FIELD: str  # vLLM's own field for the setting (``cpu_sampling.SETTINGS``), which must then stay neutral (1.0)
 
     def __init__(self, vllm_config, device, is_pin_memory):
         self.rows: dict[int, object] = {}
 
     @classmethod
     def _value(cls, sampling_params):
-        return (sampling_params.extra_args or {}).get(cls.ARG) if sampling_params is not None else None
-
-    @staticmethod
-    def _in_range(value: float) -> bool:
-        raise NotImplementedError
+        arg = SETTINGS[cls.FIELD][0]
+        return (sampling_params.extra_args or {}).get(arg) if sampling_params is not None else None
 
     @classmethod
     def validate_params(cls, sampling_params):
         value = cls._value(sampling_params)
         if value is None:
             return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not cls._in_range(value):
-            raise ValueError(f"extra_args[{cls.ARG!r}] must be a number {cls.RANGE}, got {value!r}.")
+        arg, words, _ = SETTINGS[cls.FIELD]
+        if not valid_setting(cls.FIELD, value):
+            raise ValueError(f"extra_args[{arg!r}] must be a number {words}, got {value!r}.")
         own = getattr(sampling_params, cls.FIELD)
         if own != 1:
-            raise ValueError(f"set either {cls.FIELD} ({own}) or extra_args[{cls.ARG!r}] ({value}), not both.")
+            raise ValueError(f"set either {cls.FIELD} ({own}) or extra_args[{arg!r}] ({value}), not both.")
 
     def new_state(self, value, prompt_ids, output_ids):
         raise NotImplementedError
@@ -164,11 +160,7 @@ class NucleusOnCPU(_PerRequestProcessor):
     (``vllm_cpu.cpu_sampler_kwargs``) and move each request's top-p here (``cpu_sampling.split_sampling``).
     """
 
-    ARG, FIELD, RANGE = TOP_P_ARG, "top_p", "in (0, 1]"
-
-    @staticmethod
-    def _in_range(value: float) -> bool:
-        return 0 < value <= 1
+    FIELD = "top_p"
 
     def is_argmax_invariant(self) -> bool:
         return True  # the most likely token is always in the nucleus
@@ -210,11 +202,7 @@ class RepetitionOnCPU(_PerRequestProcessor):
     non-argmax-invariant processors after its built-in ones (min tokens, logit bias) and right before
     its penalties, which is where the repetition penalty was applied, so the order is unchanged."""
 
-    ARG, FIELD, RANGE = REPETITION_ARG, "repetition_penalty", "> 0"
-
-    @staticmethod
-    def _in_range(value: float) -> bool:
-        return value > 0
+    FIELD = "repetition_penalty"
 
     def is_argmax_invariant(self) -> bool:
         return False  # a penalised token can stop being the most likely one
