@@ -3,9 +3,12 @@
 (a) original style: one question at a time, ``--branch`` drafts in flight (2 by default, what one
     original policy server gave), then one score call per draft on re-tokenized text;
 (b) ours: ``metastone.harness.runner.run`` with all drafts of all questions in flight in batches,
-    scored in batches by the token ids the policy returned.
-Both use the same two engines (vLLM policy + vLLM SPRM scorer) and the same seeds; prints wall time,
-the speed-up and the share of time spent scoring.
+    scored in batches by the token ids the policy returned;
+(c) ours with ``score_while_generating``: the same runner, the policy applies the SPRM head as it
+    decodes (``serve/step_scores.py``), no draft is run twice.
+(a) and (b) use the same two engines (vLLM policy + vLLM SPRM scorer), (c) a policy engine with the
+head attached; all use the same seeds. Prints wall time, the speed-ups and the share of time spent
+scoring: for (c) the time it took beyond (b)'s generation of the same drafts (``--no-fused`` skips (c)).
 
     .venv/bin/python benchmarks/bench_harness.py                      # demo task, SmolLM2-135M-shaped Qwen2
     .venv/bin/python benchmarks/bench_harness.py --model DIR --questions 16 --drafts 8
@@ -112,6 +115,47 @@ async def main_async(args) -> None:
         print(f"{name:<58} {secs:>8.1f} {n / secs:>9.2f} {100 * scorer.seconds / secs:>13.1f}% {scorer.seconds:>9.1f} "
               f"{computed[key] / n:>17.1f}")
     print(f"speed-up (a)/(b): {a_secs / b_secs:.2f}x; generated {stats.tokens} tokens in (b)")
+    if args.no_fused:
+        return
+    await generator.close()  # (c) runs its own policy engine: the head attached, the same weights
+    fused = LocalGenerator("vllm", str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=max_len,
+                           score_while_generating=True)
+    scorer_c = TimedScorer(scorer_a.inner)
+    with RecordStore(Path(tmp.name) / "warm_c.jsonl") as store:
+        await run(RunConfig(**{**cfg.__dict__, "output_file": str(Path(tmp.name) / "warm_c.jsonl"), "drafts_per_question": 1}),
+                  type(task)(task.examples[:1]), tokenizer, fused, scorer_c, store)
+    scorer_c.seconds = 0.0
+    before = vllm_scorer.stats["computed_tokens"]
+    t = time.perf_counter()
+    with RecordStore(Path(tmp.name) / "fused.jsonl") as store:
+        stats_c = await run(RunConfig(**{**cfg.__dict__, "output_file": str(Path(tmp.name) / "fused.jsonl")}),
+                            task, tokenizer, fused, scorer_c, store)
+    c_secs = time.perf_counter() - t
+    await fused.close()
+    b_gen = b_secs - scorer_b.seconds
+    extra = c_secs - b_gen
+    rerun = (vllm_scorer.stats["computed_tokens"] - before) / n
+    name = "(c) runner, scored while generating (no second pass)"
+    print(f"{name:<58} {c_secs:>8.1f} {n / c_secs:>9.2f} {100 * max(extra, 0) / c_secs:>13.1f}% {extra:>9.1f} {rerun:>17.1f}")
+    print(f"speed-up (a)/(c): {a_secs / c_secs:.2f}x, (b)/(c): {b_secs / c_secs:.2f}x; (c)'s scoring = its time minus (b)'s "
+          f"generation of the same drafts ({b_gen:.1f} s); generated {stats_c.tokens} tokens in (c)")
+    same = _same_scores(Path(cfg.output_file), Path(tmp.name) / "fused.jsonl")
+    print(f"(b) and (c) drafts: {same}")
+
+
+def _same_scores(path_b: Path, path_c: Path) -> str:
+    """How (c)'s records compare with (b)'s: the same tokens, and the largest step-score difference."""
+    import json
+
+    def load(path):
+        return {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+    b, c = load(path_b), load(path_c)
+    same_tokens = sum(b[k]["token_ids"] == c[k]["token_ids"] for k in b if k in c)
+    diffs = [abs(x - y) for k in b if k in c and b[k]["token_ids"] == c[k]["token_ids"]
+             for x, y in zip(b[k]["step_scores"], c[k]["step_scores"])]
+    return (f"{same_tokens}/{len(b)} identical token for token; step scores of those differ by at most "
+            f"{max(diffs, default=0.0):.2e} ({len(diffs)} steps)")
 
 
 def main() -> None:
@@ -123,6 +167,7 @@ def main() -> None:
     parser.add_argument("--branch", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--no-fused", action="store_true", help="skip (c), scoring while generating")
     parser.add_argument("--no-prefix-reuse", action="store_true",
                         help="(b) also scores every draft by a full prefill (the scorer before prefix reuse)")
     asyncio.run(main_async(parser.parse_args()))

@@ -231,7 +231,68 @@ def bon_vllm_share(model_dir: Path, tok, args) -> dict:
                              "share_of_generation_paper_sampling": best[name] / gen["paper"],
                              "computed_tokens_per_draft": computed[name]}
     print(f"  max |step score diff| {diff:.2e}")
+    if not args.no_fused:
+        out["scored_while_generating"] = bon_fused_share(model_dir, prompts, args)
     return out
+
+
+def bon_fused_share(model_dir: Path, prompts, args) -> dict:
+    """Scoring while generating (``serve/step_scores.py``): the same drafts generated one request per draft
+    (n=1, as ``LocalGenerator`` asks) at T 0.8, by the plain policy and by the policy with the head attached
+    writing each token's probability; the difference in time is what scoring costs. The engines run one
+    after the other, each best of ``--bon-repeats``. The probabilities are checked against the separate
+    scorer's for the same drafts."""
+    import os
+    import tempfile
+    import uuid
+
+    from vllm import LLM, SamplingParams
+
+    from metastone.serve.step_scores import STEP_SCORES_ARG, STEP_SCORES_DIR_ENV, STEP_SCORES_PROCESSOR, read_token_probs
+    from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs, cpu_sampler_kwargs
+    from metastone.serve.vllm_scorer import sprm_hf_overrides
+
+    max_len = args.bon_prompt_tokens + args.bon_draft_tokens + 16
+    requests = [(p, seed) for p in prompts for seed in range(args.bon_drafts)]
+    base = dict(temperature=0.8, max_tokens=args.bon_draft_tokens, min_tokens=args.bon_draft_tokens)
+    os.environ[STEP_SCORES_DIR_ENV] = tmp = tempfile.mkdtemp(prefix="bench-step-scores-")
+    best, drafts, probs = {}, {}, []
+    processors = list(cpu_sampler_kwargs().get("logits_processors", []))
+    for fused in (False, True):
+        extra = ({"hf_overrides": sprm_hf_overrides(model_dir, while_generating=True),
+                  "logits_processors": [*processors, STEP_SCORES_PROCESSOR]} if fused else {"logits_processors": processors})
+        llm = LLM(model=str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=max_len, **cpu_block_kwargs(),
+                  **cpu_memory_kwargs(model_dir, max_model_len=max_len, dtype=args.dtype), **extra)
+        llm.generate([{"prompt_token_ids": [7] + prompts[0][1:]}], SamplingParams(**base, seed=0), use_tqdm=False)  # warm-up
+        best[fused] = float("inf")
+        for _ in range(args.bon_repeats):
+            keys = [uuid.uuid4().hex for _ in requests]
+            params = [SamplingParams(**base, seed=seed, extra_args={STEP_SCORES_ARG: key} if fused else None)
+                      for (_, seed), key in zip(requests, keys)]
+            llm.reset_prefix_cache()
+            start = time.perf_counter()
+            out = llm.generate([{"prompt_token_ids": p} for p, _ in requests], params, use_tqdm=False)
+            best[fused] = min(best[fused], time.perf_counter() - start)
+            drafts[fused] = [list(o.outputs[0].token_ids) for o in out]
+            if fused:
+                probs = [read_token_probs(Path(tmp) / key, len(d)) for key, d in zip(keys, drafts[True])]
+                for key in keys:
+                    (Path(tmp) / key).unlink(missing_ok=True)
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+    os.rmdir(tmp)
+    same = drafts[True] == drafts[False]
+    from metastone.serve.vllm_scorer import VLLMScorer
+
+    with VLLMScorer(model_dir, dtype=args.dtype, max_model_len=max_len) as scorer:
+        ref = scorer.token_probs([p + d for (p, _), d in zip(requests, drafts[True])])
+    diff = max(abs(a - b) for pr, r, (p, _) in zip(probs, ref, requests) for a, b in zip(pr[:-1], r[len(p):-1]))
+    extra_s = best[True] - best[False]
+    print(f"  scored while generating, n=1 per draft: {best[False]:.3f} s plain, {best[True]:.3f} s with the head "
+          f"attached: scoring {extra_s:+.3f} s = {100 * extra_s / best[False]:.1f}% of generation; same drafts: {same}; "
+          f"max |token prob diff| vs the scorer {diff:.2e}")
+    return {"generation_seconds": best[False], "generation_seconds_with_head": best[True], "share_of_generation":
+            extra_s / best[False], "same_drafts": same, "max_abs_diff": diff}
 
 
 def main() -> None:
@@ -244,6 +305,7 @@ def main() -> None:
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--bon-only", action="store_true", help="run only the shared-prompt Best-of-N comparison")
+    parser.add_argument("--no-fused", action="store_true", help="skip the scoring-while-generating measurement")
     parser.add_argument("--bon-questions", type=int, default=4)
     parser.add_argument("--bon-drafts", type=int, default=8)
     parser.add_argument("--bon-prompt-tokens", type=int, default=128)

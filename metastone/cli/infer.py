@@ -101,6 +101,9 @@ def make_parser(subparsers):
     p.add_argument("--gpu_memory_utilization", "--gpu-memory-utilization", dest="gpu_memory_utilization", type=float, default=0.4,
                    help="vllm backend: per engine (policy and scorer share the GPU)")
     add_kv_cache_argument(p)
+    p.add_argument("--score_while_generating", "--score-while-generating", dest="score_while_generating", action="store_true",
+                   help="vllm backend on CPU: the policy applies the SPRM head as it decodes, so a draft is never run "
+                        "twice (same step scores as the separate scorer; docs/serving.md)")
     p.add_argument("--api_key", "--api-key", dest="api_key", default=None, help="bearer token for the services")
     p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true")
     g = p.add_argument_group("search (--strategy beam|mcts; docs/search.md); unset options take the strategy's defaults")
@@ -123,7 +126,8 @@ def engine_config(args):
                         response_api_urls=tuple(args.response_api_url.split(",")) if args.response_api_url else (),
                         score_api_url=args.score_api_url, api_key=args.api_key, dtype=args.dtype, device=args.device,
                         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                        kv_cache_gib=getattr(args, "kv_cache_gib", None), head_path=getattr(args, "head_path", None))
+                        kv_cache_gib=getattr(args, "kv_cache_gib", None), head_path=getattr(args, "head_path", None),
+                        score_while_generating=getattr(args, "score_while_generating", False))
 
 
 async def _main(args) -> int:

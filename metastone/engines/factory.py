@@ -20,6 +20,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.4  # vllm backend, per engine (policy and scorer share the GPU)
     kv_cache_gib: float | None = None  # vllm backend, per engine, CPU only (None = auto)
     head_path: str | None = None  # SPRM head folder/file (default: the model folder)
+    score_while_generating: bool = False  # vllm backend, CPU: the policy scores its drafts as it decodes
 
 
 @dataclass
@@ -40,6 +41,8 @@ def make_engines(cfg: EngineConfig) -> Engines:
     from metastone.engines.local import LocalGenerator, LocalScorer
 
     backend = cfg.backend or ("server" if cfg.response_api_urls or cfg.score_api_url else None)
+    if cfg.score_while_generating and backend != "vllm":
+        raise ValueError("--score_while_generating needs --backend vllm (the policy and the head in this process).")
     if backend is None:
         raise ValueError("give --response_api_url and --score_api_url (servers), or --backend vllm|hf (in-process).")
     if backend == "server":
@@ -63,5 +66,8 @@ def make_engines(cfg: EngineConfig) -> Engines:
     if torch.cuda.is_available():
         kw["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     kv = {"kv_cache_gib": cfg.kv_cache_gib}  # per engine, CPU only
-    return Engines(backend, LocalGenerator("vllm", cfg.model_dir, dtype=cfg.dtype, enforce_eager=not torch.cuda.is_available(), **kw, **kv),
+    # the scorer stays: it scores what the policy did not (search paths; a draft whose step scores came back incomplete)
+    fused = {"score_while_generating": True, **head} if cfg.score_while_generating else {}
+    return Engines(backend, LocalGenerator("vllm", cfg.model_dir, dtype=cfg.dtype, enforce_eager=not torch.cuda.is_available(),
+                                           **kw, **kv, **fused),
                    LocalScorer(VLLMScorer(cfg.model_dir, dtype=cfg.dtype, **kw, **kv, **head)))

@@ -14,11 +14,17 @@ logger = logging.getLogger(__name__)
 
 class LocalGenerator:
     """An in-process policy (``HFPolicy`` or vLLM's ``LLM``) in a worker thread; concurrent calls are merged
-    into one engine batch (``Coalescer``), each request keeping its own seed and sampling options."""
+    into one engine batch (``Coalescer``), each request keeping its own seed and sampling options.
+
+    ``score_while_generating`` (vLLM on CPU): the policy applies the SPRM head (from ``head_path``, default
+    the model folder) as it decodes and each ``GenResult`` carries its ``score``, the same step scores the
+    separate scorer gives, without running the draft again (``serve/step_scores.py``)."""
 
     def __init__(self, backend: str, model_dir: str, *, dtype: str = "bfloat16", device: str | None = None,
-                 kv_cache_gib: float | None = None, cpu_sampling: bool = True, **engine_kwargs):
+                 kv_cache_gib: float | None = None, cpu_sampling: bool = True, score_while_generating: bool = False,
+                 head_path: str | None = None, **engine_kwargs):
         self.backend = backend
+        self.step_scores = None
         if backend == "hf":
             import torch
 
@@ -48,6 +54,11 @@ class LocalGenerator:
             from metastone.serve.cpu_sampling import PROCESSORS
 
             self.cpu_sampling = set(PROCESSORS) <= set(engine_kwargs.get("logits_processors") or [])
+            if score_while_generating:
+                self.step_scores = _StepScores(model_dir, head_path)
+                engine_kwargs.update(self.step_scores.engine_kwargs(engine_kwargs))
+            elif head_path is not None:
+                raise ValueError("head_path only applies with score_while_generating=True.")
             self.llm = LLM(model=str(model_dir), dtype=dtype, **engine_kwargs)
         else:
             raise ValueError(f"unknown local backend {backend!r}; expected 'hf' or 'vllm'.")
@@ -61,16 +72,22 @@ class LocalGenerator:
 
         from metastone.serve.cpu_sampling import split_sampling
 
-        params = []
+        params, keys = [], []
         for r, s in items:
             fields, extra = (split_sampling(s.top_p, s.repetition_penalty) if self.cpu_sampling
                              else ({"top_p": s.top_p, "repetition_penalty": s.repetition_penalty}, None))
+            if self.step_scores is not None:
+                keys.append(self.step_scores.new_key())
+                extra = {**(extra or {}), **self.step_scores.request_args(keys[-1])}
             params.append(SamplingParams(n=1, seed=r.seed, max_tokens=s.max_tokens, temperature=s.temperature,
                                          extra_args=extra, **fields, stop=list(s.stop) or None, skip_special_tokens=False,
                                          stop_token_ids=list(s.stop_token_ids) or None))
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=r.prompt_ids) for r, _ in items], params, use_tqdm=False)
-        return [GenResult(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason or "length",
-                          o.outputs[0].stop_reason) for o in outs]
+        results = [GenResult(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason or "length",
+                             o.outputs[0].stop_reason) for o in outs]
+        for key, (r, _), res in zip(keys, items, results):
+            res.score = self.step_scores.collect(key, r.prompt_ids, res.token_ids)
+        return results
 
     def _run_hf(self, items: list[tuple[DraftRequest, Sampling]]) -> list[GenResult]:
         """``HFPolicy`` takes one ``Sampling`` per call: one call per distinct ``Sampling``, results in order."""
@@ -96,6 +113,83 @@ class LocalGenerator:
         if self.backend == "vllm" and getattr(self, "llm", None) is not None:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
+        if self.step_scores is not None:
+            self.step_scores.cleanup()
+
+
+class _StepScores:
+    """The caller's side of scoring while generating (``serve/step_scores.py``): the directory the engine
+    writes to, a key per request, and each draft's step scores read back and aggregated exactly as the
+    scorers do (``serve/scoring.py``)."""
+
+    def __init__(self, model_dir: str, head_path: str | None):
+        import tempfile
+
+        import torch
+        from transformers import AutoConfig, AutoTokenizer
+
+        from metastone.sprm import load_head, resolve_step_spec
+
+        if torch.cuda.is_available():
+            raise ValueError("score_while_generating is verified on vLLM's CPU engine only; on a GPU score with the "
+                             "separate SPRM scorer (the default) until the check in docs/serving.md has been run there.")
+        hidden = AutoConfig.from_pretrained(model_dir).get_text_config().hidden_size
+        _, self.config = load_head(head_path or model_dir, hidden_size=hidden)
+        self.spec = resolve_step_spec(AutoTokenizer.from_pretrained(model_dir), self.config.separators,
+                                      self.config.think_tokens)
+        self.model_dir, self.head_path = model_dir, head_path
+        self.dir = tempfile.mkdtemp(prefix="metastone-step-scores-")
+
+    def engine_kwargs(self, engine_kwargs: dict) -> dict:
+        """The engine options that attach the head and the processor; the directory goes in the environment
+        the engine's processes inherit."""
+        import os
+
+        from metastone.serve.step_scores import STEP_SCORES_DIR_ENV, STEP_SCORES_PROCESSOR
+        from metastone.serve.vllm_scorer import sprm_hf_overrides
+
+        if engine_kwargs.get("hf_overrides"):
+            raise ValueError("score_while_generating sets hf_overrides itself; pass head_path instead.")
+        os.environ[STEP_SCORES_DIR_ENV] = self.dir
+        return {"hf_overrides": sprm_hf_overrides(self.model_dir, self.head_path, while_generating=True),
+                "logits_processors": [*(engine_kwargs.get("logits_processors") or []), STEP_SCORES_PROCESSOR]}
+
+    @staticmethod
+    def new_key() -> str:
+        import uuid
+
+        return uuid.uuid4().hex
+
+    @staticmethod
+    def request_args(key: str) -> dict:
+        from metastone.serve.step_scores import STEP_SCORES_ARG
+
+        return {STEP_SCORES_ARG: key}
+
+    def collect(self, key: str, prompt_ids: list[int], token_ids: list[int]):
+        """The draft's ``TraceScore``; None (with a warning) if the engine's record of it is incomplete."""
+        import os
+
+        from metastone.serve.scoring import trace_score_from_token_probs
+        from metastone.serve.step_scores import read_token_probs
+
+        path = os.path.join(self.dir, key)
+        probs = read_token_probs(path, len(token_ids))
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        if probs is None:
+            logger.warning("no complete step scores from the engine for a draft of %d tokens; scoring it "
+                           "with the scorer instead", len(token_ids))
+            return None
+        return trace_score_from_token_probs(list(prompt_ids) + list(token_ids), len(prompt_ids), probs, self.spec,
+                                            self.config.aggregation, cached=len(prompt_ids))
+
+    def cleanup(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class LocalScorer:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from metastone.sampling import Sampling
+
+if TYPE_CHECKING:
+    from metastone.serve.scoring import TraceScore
 
 __all__ = ["DraftRequest", "GenResult", "Sampling"]
 
@@ -27,3 +31,6 @@ class GenResult:
     token_ids: list[int]
     finish_reason: str
     stop_reason: int | str | None = None  # vLLM's: the stop token id or stop string that fired; None for EOS/length
+    # the SPRM score, from an engine that scores while it generates (``LocalGenerator(score_while_generating=True)``);
+    # None: the caller scores the draft with its scorer
+    score: "TraceScore | None" = None

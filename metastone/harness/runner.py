@@ -219,10 +219,15 @@ async def run(cfg: RunConfig, task, tokenizer, generator, scorer, store: RecordS
                 await asyncio.sleep(0.5)
                 continue
             t1 = time.monotonic()
+            # drafts whose engine scored them while generating carry their score; the scorer runs on the rest
+            todo = [i for i, res in enumerate(ok_res) if res.score is None]
+            scores = [res.score for res in ok_res]
             try:
-                scores = await score_with_retry(ok_reqs, ok_res)
+                if todo:
+                    for i, sc in zip(todo, await score_with_retry([ok_reqs[i] for i in todo], [ok_res[i] for i in todo])):
+                        scores[i] = sc
             except Exception as exc:  # noqa: BLE001 - nothing recorded: a rerun regenerates these seeds
-                stats.failures += [f"{r.key}: scoring failed: {exc}" for r in ok_reqs]
+                stats.failures += [f"{ok_reqs[i].key}: scoring failed: {exc}" for i in todo]
                 continue
             score_s = time.monotonic() - t1
             for req, res, sc in zip(ok_reqs, ok_res, scores):

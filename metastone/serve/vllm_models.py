@@ -1,6 +1,7 @@
 """SPRM scorers as vLLM pooling models: the policy's backbone + the SPRM head, per-token scores out;
-and ``NucleusOnCPU`` / ``RepetitionOnCPU``, the top-p and repetition penalty our CPU generation
-engines sample with (``serve/cpu_sampling.py``).
+the policy with the head attached, scoring as it decodes (``*ForCausalLMWithSPRM`` + the
+``StepScoresOut`` processor, ``serve/step_scores.py``); and ``NucleusOnCPU`` / ``RepetitionOnCPU``,
+the top-p and repetition penalty our CPU generation engines sample with (``serve/cpu_sampling.py``).
 
 The one file that imports vLLM internals (pinned: vLLM 0.32). The backbone is vLLM's own
 ``Qwen2Model``/``LlamaModel``; its EAGLE auxiliary-hidden-state hook returns ``hidden + residual``
@@ -18,6 +19,7 @@ normed layer with another head and scores the separator token itself, one positi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,8 +28,8 @@ from torch import nn
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.pooler.tokwise import pooler_for_token_classify
 from vllm.model_executor.models.interfaces_base import default_pooling_type
-from vllm.model_executor.models.llama import LlamaModel
-from vllm.model_executor.models.qwen2 import Qwen2Model
+from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaModel
+from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM, Qwen2Model
 from vllm.model_executor.models.utils import AutoWeightsLoader, maybe_prefix
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
@@ -35,8 +37,38 @@ from metastone.sprm import load_head
 from metastone.sprm.io import HEAD_KEYS
 from metastone.sprm.features import layer_input_index
 from metastone.serve.cpu_sampling import SETTINGS, repetition_penalty_, top_p_filter_, valid_setting
+from metastone.serve.step_scores import STEP_SCORES_ARG, encode_records, step_scores_dir, valid_key
 
 HEAD_PREFIX = "sprm_head."
+
+
+def _attach_head(module: nn.Module, vllm_config: VllmConfig) -> None:
+    """Load the SPRM head beside ``module.model`` (the backbone) and have the backbone return the feature
+    layer's input as its auxiliary state: sets ``sprm_head``, ``sprm_config`` and ``feature_index``."""
+    model_config = vllm_config.model_config
+    text_config = model_config.hf_config.get_text_config()
+    head_path = getattr(model_config.hf_config, "sprm_head_path", None) or model_config.model
+    if not Path(head_path).exists():
+        raise FileNotFoundError(
+            f"SPRM head location {head_path!r} does not exist locally; pass a local model folder or "
+            "hf_overrides={'sprm_head_path': '/path/to/score_module.pt'}."
+        )
+    module._head_source = head_path
+    head, sprm_config = load_head(head_path, hidden_size=text_config.hidden_size)
+    module.sprm_config = sprm_config
+    module.sprm_head = head.to(model_config.head_dtype)
+    module.feature_index = layer_input_index(text_config.num_hidden_layers, sprm_config.feature_layer)
+    module.model._set_aux_hidden_state_layers((module.feature_index,))
+
+
+def _without_head(weights: Iterable[tuple[str, torch.Tensor]]):
+    # vLLM reads every *.safetensors in the folder, our sprm_head.safetensors included: its keys
+    # (0.weight, ...) are the head's, already loaded by _attach_head, so they are skipped here.
+    return ((name, w) for name, w in weights if name not in HEAD_KEYS)
+
+
+def _head_parameter_names(module: nn.Module) -> set[str]:
+    return {HEAD_PREFIX + name for name, _ in module.sprm_head.named_parameters()}
 
 
 class _SPRMForCausalLMBase(nn.Module):
@@ -45,31 +77,18 @@ class _SPRMForCausalLMBase(nn.Module):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
-        model_config = vllm_config.model_config
-        hf_config = model_config.hf_config
+        hf_config = vllm_config.model_config.hf_config
         hf_config.num_labels = 1
-        text_config = hf_config.get_text_config()
         self.config = hf_config
         self.model = self.backbone_cls(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
-        head_path = getattr(hf_config, "sprm_head_path", None) or model_config.model
-        if not Path(head_path).exists():
-            raise FileNotFoundError(
-                f"SPRM head location {head_path!r} does not exist locally; pass a local model folder or "
-                "hf_overrides={'sprm_head_path': '/path/to/score_module.pt'}."
-            )
-        self._head_source = head_path
-        head, sprm_config = load_head(head_path, hidden_size=text_config.hidden_size)
-        self.sprm_config = sprm_config
-        self.sprm_head = head.to(model_config.head_dtype)
-        self.feature_index = layer_input_index(text_config.num_hidden_layers, sprm_config.feature_layer)
-        self.model._set_aux_hidden_state_layers((self.feature_index,))
+        _attach_head(self, vllm_config)
         # Nothing after the feature layer is read: the backbone's layer loop stops where the feature is taken
         # (vLLM captures the auxiliary state after layer k-1 runs, under index k), so the last layer, which
         # the released head never reads, costs nothing (the final norm still runs, on the unused output).
         # Single-stage only: with pipeline stages each one owns a slice of the layers.
         if self.model.start_layer == 0 and self.model.end_layer > self.feature_index:
             self.model.end_layer = self.feature_index
-        self.pooler = pooler_for_token_classify(model_config.pooler_config)
+        self.pooler = pooler_for_token_classify(vllm_config.model_config.pooler_config)
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -82,13 +101,53 @@ class _SPRMForCausalLMBase(nn.Module):
         return self.sprm_head(feature).unsqueeze(-1)  # [T, 1] logits; the pooler applies the sigmoid
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        # vLLM reads every *.safetensors in the folder, our sprm_head.safetensors included: its keys
-        # (0.weight, ...) are the head's, already loaded in __init__, so they are skipped here.
-        backbone_weights = ((name, w) for name, w in weights if name not in HEAD_KEYS)
         loader = AutoWeightsLoader(self, ignore_unexpected_prefixes=["lm_head."])
-        loaded = loader.load_weights(backbone_weights)
-        # The head was loaded from its own file in __init__; report its parameters as loaded.
-        return set(loaded) | {HEAD_PREFIX + name for name, _ in self.sprm_head.named_parameters()}
+        # the head was loaded from its own file in __init__; its parameters are reported as loaded
+        return set(loader.load_weights(_without_head(weights))) | _head_parameter_names(self)
+
+
+class _PolicyWithSPRM:
+    """A vLLM generation model that also applies the SPRM head while it decodes (``serve/step_scores.py``).
+
+    Mixed in front of vLLM's own ``*ForCausalLM``: the same weights, layers and logits. The forward
+    returns the final hidden states with the feature layer's states appended (``[T, 2d]``); vLLM keeps
+    the rows it samples from and hands them to ``compute_logits``, which applies the head to their
+    feature half and leaves the probabilities for ``StepScoresOut`` (same process, same step, same row
+    order as the logits) before computing the logits from the other half.
+    """
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        if vllm_config.parallel_config.pipeline_parallel_size > 1:
+            raise ValueError("scoring while generating needs the whole model in one pipeline stage "
+                             "(pipeline_parallel_size 1); score with the separate SPRM scorer instead.")
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        _attach_head(self, vllm_config)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
+        hidden, aux = self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
+        return torch.cat([hidden, aux[0].to(hidden.dtype)], dim=-1)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        global _latest_step_probs
+        d = hidden_states.shape[-1] // 2
+        feature = hidden_states[:, d:].to(self.sprm_head[0].weight.dtype)
+        _latest_step_probs = torch.sigmoid(self.sprm_head(feature).float()).cpu()
+        return super().compute_logits(hidden_states[:, :d])
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return set(super().load_weights(_without_head(weights))) | _head_parameter_names(self)
+
+
+# the head's probabilities for the rows of the logits being sampled now (set by _PolicyWithSPRM.compute_logits)
+_latest_step_probs: torch.Tensor | None = None
+
+
+class Qwen2ForCausalLMWithSPRM(_PolicyWithSPRM, Qwen2ForCausalLM):
+    pass
+
+
+class LlamaForCausalLMWithSPRM(_PolicyWithSPRM, LlamaForCausalLM):
+    pass
 
 
 @default_pooling_type(tok_pooling_type="ALL")
@@ -141,7 +200,7 @@ class _PerRequestProcessor(LogitsProcessor):
             value = self._value(params)
             self.rows.pop(index, None)
             if value is not None:
-                self.rows[index] = self.new_state(float(value), prompt_ids, output_ids)
+                self.rows[index] = self.new_state(value, prompt_ids, output_ids)
         for a, b, direction in batch_update.moved:
             state_a, state_b = self.rows.pop(a, None), self.rows.pop(b, None)
             if state_a is not None:
@@ -166,7 +225,7 @@ class NucleusOnCPU(_PerRequestProcessor):
         return True  # the most likely token is always in the nucleus
 
     def new_state(self, value, prompt_ids, output_ids):
-        return value
+        return float(value)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         rows = {i: p for i, p in self.rows.items() if p < 1 and i < logits.shape[0]}
@@ -208,7 +267,7 @@ class RepetitionOnCPU(_PerRequestProcessor):
         return False  # a penalised token can stop being the most likely one
 
     def new_state(self, value, prompt_ids, output_ids):
-        return _Seen(value, prompt_ids, output_ids)
+        return _Seen(float(value), prompt_ids, output_ids)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         rows = {i: st for i, st in self.rows.items() if st.penalty != 1 and i < logits.shape[0]}
@@ -219,3 +278,51 @@ class RepetitionOnCPU(_PerRequestProcessor):
         for index, state in rows.items():
             seen[index], penalty[index] = state.current(), state.penalty
         return repetition_penalty_(logits, seen, penalty)
+
+
+class StepScoresOut(_PerRequestProcessor):
+    """Writes the SPRM probability of each decoding step for requests that carry
+    ``extra_args[STEP_SCORES_ARG]`` (a key) to ``<dir>/<key>``, the directory named by the engine's
+    environment (``serve/step_scores.py``). Leaves the logits unchanged. Runs only in an engine whose model
+    is a ``*ForCausalLMWithSPRM``; a request asking for scores elsewhere is refused.
+
+    The row being sampled holds the state of the request's newest token: response index
+    ``len(output) - 1`` (-1 at the prompt's last token, not scored)."""
+
+    def __init__(self, vllm_config, device, is_pin_memory):
+        super().__init__(vllm_config, device, is_pin_memory)
+        self.dir = step_scores_dir()
+
+    @classmethod
+    def _value(cls, sampling_params):
+        return (sampling_params.extra_args or {}).get(STEP_SCORES_ARG) if sampling_params is not None else None
+
+    @classmethod
+    def validate_params(cls, sampling_params):
+        key = cls._value(sampling_params)
+        if key is None:
+            return
+        if not valid_key(key):
+            raise ValueError(f"extra_args[{STEP_SCORES_ARG!r}] must be 32 lowercase hex digits, got {key!r}.")
+        if step_scores_dir() is None:
+            raise ValueError(f"extra_args[{STEP_SCORES_ARG!r}]: this engine was not started to score while generating.")
+        if sampling_params.n != 1:
+            raise ValueError(f"extra_args[{STEP_SCORES_ARG!r}] names one draft's record; send n=1 requests, one key each "
+                             f"(got n={sampling_params.n}).")
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it must run for greedy requests too (it changes nothing)
+
+    def new_state(self, value, prompt_ids, output_ids):
+        return os.path.join(self.dir, value), output_ids
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = _latest_step_probs
+        if not self.rows or probs is None or probs.shape[0] != logits.shape[0]:
+            return logits
+        for index, (path, output_ids) in self.rows.items():
+            j = len(output_ids) - 1
+            if j >= 0 and index < probs.shape[0]:
+                with open(path, "ab", buffering=0) as f:
+                    f.write(encode_records([j], [float(probs[index])]))
+        return logits

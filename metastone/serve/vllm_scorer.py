@@ -28,8 +28,9 @@ from metastone.sprm import SPRMConfig, load_head, resolve_step_spec
 logger = logging.getLogger(__name__)
 
 
-def sprm_hf_overrides(model_dir: str | Path, head_path: str | Path | None = None) -> dict:
-    """``hf_overrides`` that turn a policy folder into its SPRM scorer in vLLM."""
+def sprm_hf_overrides(model_dir: str | Path, head_path: str | Path | None = None, *, while_generating: bool = False) -> dict:
+    """``hf_overrides`` that turn a policy folder into its SPRM scorer in vLLM (with ``while_generating``:
+    into the policy that also scores while it decodes, ``serve/step_scores.py``)."""
     import json
 
     config_file = Path(model_dir) / "config.json"
@@ -38,7 +39,7 @@ def sprm_hf_overrides(model_dir: str | Path, head_path: str | Path | None = None
     archs = json.loads(config_file.read_text()).get("architectures") or []
     if not archs:
         raise ValueError(f"{config_file}: field 'architectures' is missing; expected e.g. ['Qwen2ForCausalLM'].")
-    overrides = {"architectures": [sprm_architecture(archs[0])]}
+    overrides = {"architectures": [sprm_architecture(archs[0], while_generating=while_generating)]}
     if head_path is not None:
         overrides["sprm_head_path"] = str(Path(head_path).resolve())
     return overrides

