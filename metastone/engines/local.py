@@ -187,9 +187,14 @@ class _StepScores:
                                             self.config.aggregation, cached=len(prompt_ids))
 
     def cleanup(self) -> None:
+        import os
         import shutil
 
+        from metastone.serve.step_scores import STEP_SCORES_DIR_ENV
+
         shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get(STEP_SCORES_DIR_ENV) == self.dir:
+            del os.environ[STEP_SCORES_DIR_ENV]
 
 
 class LocalScorer:

@@ -172,9 +172,12 @@ class _PerRequestProcessor(LogitsProcessor):
         self.rows: dict[int, object] = {}
 
     @classmethod
+    def _arg(cls) -> str:
+        return SETTINGS[cls.FIELD][0]  # the extra argument that carries the request's value
+
+    @classmethod
     def _value(cls, sampling_params):
-        arg = SETTINGS[cls.FIELD][0]
-        return (sampling_params.extra_args or {}).get(arg) if sampling_params is not None else None
+        return (sampling_params.extra_args or {}).get(cls._arg()) if sampling_params is not None else None
 
     @classmethod
     def validate_params(cls, sampling_params):
@@ -294,8 +297,8 @@ class StepScoresOut(_PerRequestProcessor):
         self.dir = step_scores_dir()
 
     @classmethod
-    def _value(cls, sampling_params):
-        return (sampling_params.extra_args or {}).get(STEP_SCORES_ARG) if sampling_params is not None else None
+    def _arg(cls) -> str:
+        return STEP_SCORES_ARG
 
     @classmethod
     def validate_params(cls, sampling_params):
