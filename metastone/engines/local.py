@@ -25,6 +25,8 @@ class LocalGenerator:
                  head_path: str | None = None, **engine_kwargs):
         self.backend = backend
         self.step_scores = None
+        if (score_while_generating or head_path is not None) and backend != "vllm":
+            raise ValueError("score_while_generating (and head_path) apply to the 'vllm' backend only.")
         if backend == "hf":
             import torch
 

@@ -151,3 +151,15 @@ def test_local_scorer_merges_and_checks_lengths():
     assert inner.calls == 1
     with pytest.raises(ValueError, match="1 sequences but 2 prompt lengths"):
         asyncio.run(scorer.score([[1]], [1, 2]))
+
+
+def test_scoring_while_generating_is_refused_where_it_cannot_run():
+    """Only the in-process vLLM policy scores while generating: the flag on another backend is an error that
+    names what to use, not a silently separate scoring pass."""
+    from metastone.engines import EngineConfig, LocalGenerator, make_engines
+
+    with pytest.raises(ValueError, match="'vllm' backend only"):
+        LocalGenerator("hf", "no/such/model", score_while_generating=True)
+    for backend in ("hf", "server"):
+        with pytest.raises(ValueError, match="--score_while_generating needs --backend vllm"):
+            make_engines(EngineConfig(model_dir="m", backend=backend, score_while_generating=True))
