@@ -102,8 +102,8 @@ def make_parser(subparsers):
                    help="vllm backend: per engine (policy and scorer share the GPU)")
     add_kv_cache_argument(p)
     p.add_argument("--score_while_generating", "--score-while-generating", dest="score_while_generating", action="store_true",
-                   help="vllm backend on CPU: the policy applies the SPRM head as it decodes, so a draft is never run "
-                        "twice (same step scores as the separate scorer; docs/serving.md)")
+                   help="hf backend, or vllm on CPU: the policy applies the SPRM head as it decodes, so a draft is never "
+                        "run twice (same step scores as the separate scorer; docs/serving.md)")
     p.add_argument("--api_key", "--api-key", dest="api_key", default=None, help="bearer token for the services")
     p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true")
     g = p.add_argument_group("search (--strategy beam|mcts; docs/search.md); unset options take the strategy's defaults")

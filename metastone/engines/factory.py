@@ -20,7 +20,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.4  # vllm backend, per engine (policy and scorer share the GPU)
     kv_cache_gib: float | None = None  # vllm backend, per engine, CPU only (None = auto)
     head_path: str | None = None  # SPRM head folder/file (default: the model folder)
-    score_while_generating: bool = False  # vllm backend, CPU: the policy scores its drafts as it decodes
+    score_while_generating: bool = False  # local backends (vllm: CPU only): the policy scores its drafts as it decodes
 
 
 @dataclass
@@ -41,8 +41,8 @@ def make_engines(cfg: EngineConfig) -> Engines:
     from metastone.engines.local import LocalGenerator, LocalScorer
 
     backend = cfg.backend or ("server" if cfg.response_api_urls or cfg.score_api_url else None)
-    if cfg.score_while_generating and backend != "vllm":
-        raise ValueError("--score_while_generating needs --backend vllm (the policy and the head in this process).")
+    if cfg.score_while_generating and backend not in ("vllm", "hf"):
+        raise ValueError("--score_while_generating needs --backend vllm or hf (the policy and the head in this process).")
     if backend is None:
         raise ValueError("give --response_api_url and --score_api_url (servers), or --backend vllm|hf (in-process).")
     if backend == "server":
@@ -54,11 +54,13 @@ def make_engines(cfg: EngineConfig) -> Engines:
     import torch
 
     head = {"head_path": cfg.head_path} if cfg.head_path else {}
+    # the scorer stays: it scores what the policy did not (search paths; a draft whose step scores came back incomplete)
+    fused = {"score_while_generating": True, **head} if cfg.score_while_generating else {}
     if backend == "hf":
         from metastone.serve.hf_backend import HFScorer
 
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return Engines(backend, LocalGenerator("hf", cfg.model_dir, dtype=cfg.dtype, device=device),
+        return Engines(backend, LocalGenerator("hf", cfg.model_dir, dtype=cfg.dtype, device=device, **fused),
                        LocalScorer(HFScorer(cfg.model_dir, device=device, dtype=cfg.dtype, **head)))
     from metastone.serve.vllm_scorer import VLLMScorer
 
@@ -66,8 +68,6 @@ def make_engines(cfg: EngineConfig) -> Engines:
     if torch.cuda.is_available():
         kw["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     kv = {"kv_cache_gib": cfg.kv_cache_gib}  # per engine, CPU only
-    # the scorer stays: it scores what the policy did not (search paths; a draft whose step scores came back incomplete)
-    fused = {"score_while_generating": True, **head} if cfg.score_while_generating else {}
     return Engines(backend, LocalGenerator("vllm", cfg.model_dir, dtype=cfg.dtype, enforce_eager=not torch.cuda.is_available(),
                                            **kw, **kv, **fused),
                    LocalScorer(VLLMScorer(cfg.model_dir, dtype=cfg.dtype, **kw, **kv, **head)))

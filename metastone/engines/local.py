@@ -16,23 +16,25 @@ class LocalGenerator:
     """An in-process policy (``HFPolicy`` or vLLM's ``LLM``) in a worker thread; concurrent calls are merged
     into one engine batch (``Coalescer``), each request keeping its own seed and sampling options.
 
-    ``score_while_generating`` (vLLM on CPU): the policy applies the SPRM head (from ``head_path``, default
-    the model folder) as it decodes and each ``GenResult`` carries its ``score``, the same step scores the
-    separate scorer gives, without running the draft again (``serve/step_scores.py``)."""
+    ``score_while_generating``: the policy applies the SPRM head (from ``head_path``, default the model folder)
+    as it decodes and each ``GenResult`` carries its ``score``, the same step scores the separate scorer
+    gives, without running the draft again (vLLM on CPU: ``serve/step_scores.py``; HF: ``HFPolicy.attach_head``)."""
 
     def __init__(self, backend: str, model_dir: str, *, dtype: str = "bfloat16", device: str | None = None,
                  kv_cache_gib: float | None = None, cpu_sampling: bool = True, score_while_generating: bool = False,
                  head_path: str | None = None, **engine_kwargs):
         self.backend = backend
         self.step_scores = None
-        if (score_while_generating or head_path is not None) and backend != "vllm":
-            raise ValueError("score_while_generating (and head_path) apply to the 'vllm' backend only.")
+        if head_path is not None and not score_while_generating:
+            raise ValueError("head_path only applies with score_while_generating=True.")
         if backend == "hf":
             import torch
 
             from metastone.serve.hf_policy import HFPolicy
 
             self.policy = HFPolicy(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=dtype)
+            if score_while_generating:
+                self.step_scores = _StepScores(model_dir, head_path, config=self.policy.attach_head(head_path))
         elif backend == "vllm":
             import torch
             from vllm import LLM
@@ -57,10 +59,8 @@ class LocalGenerator:
 
             self.cpu_sampling = set(PROCESSORS) <= set(engine_kwargs.get("logits_processors") or [])
             if score_while_generating:
-                self.step_scores = _StepScores(model_dir, head_path)
+                self.step_scores = _StepScores(model_dir, head_path, vllm=True)
                 engine_kwargs.update(self.step_scores.engine_kwargs(engine_kwargs))
-            elif head_path is not None:
-                raise ValueError("head_path only applies with score_while_generating=True.")
             self.llm = LLM(model=str(model_dir), dtype=dtype, **engine_kwargs)
         else:
             raise ValueError(f"unknown local backend {backend!r}; expected 'hf' or 'vllm'.")
@@ -101,6 +101,8 @@ class LocalGenerator:
             drafts = self.policy.generate([items[i][0].prompt_ids for i in rows], [items[i][0].seed for i in rows], s)
             for i, d in zip(rows, drafts):
                 results[i] = GenResult(d.text, d.token_ids, d.finish_reason, d.stop_reason)
+                if self.step_scores is not None:
+                    results[i].score = self.step_scores.trace_score(items[i][0].prompt_ids, d.token_ids, d.token_probs)
         return results
 
     async def generate(self, requests: list[DraftRequest], sampling: Sampling) -> list[GenResult | Exception]:
@@ -120,11 +122,11 @@ class LocalGenerator:
 
 
 class _StepScores:
-    """The caller's side of scoring while generating (``serve/step_scores.py``): the directory the engine
-    writes to, a key per request, and each draft's step scores read back and aggregated exactly as the
-    scorers do (``serve/scoring.py``)."""
+    """The caller's side of scoring while generating: each draft's step scores from the head's per-token
+    probabilities, picked and aggregated exactly as the scorers do (``serve/scoring.py``). With vLLM
+    (``serve/step_scores.py``) also the directory the engine writes to and a key per request."""
 
-    def __init__(self, model_dir: str, head_path: str | None):
+    def __init__(self, model_dir: str, head_path: str | None, *, config=None, vllm: bool = False):
         import tempfile
 
         import torch
@@ -132,15 +134,25 @@ class _StepScores:
 
         from metastone.sprm import load_head, resolve_step_spec
 
-        if torch.cuda.is_available():
+        if vllm and torch.cuda.is_available():
             raise ValueError("score_while_generating is verified on vLLM's CPU engine only; on a GPU score with the "
-                             "separate SPRM scorer (the default) until the check in docs/serving.md has been run there.")
-        hidden = AutoConfig.from_pretrained(model_dir).get_text_config().hidden_size
-        _, self.config = load_head(head_path or model_dir, hidden_size=hidden)
+                             "separate SPRM scorer (the default) or use --backend hf, until the check in "
+                             "docs/serving.md has been run there.")
+        if config is None:
+            hidden = AutoConfig.from_pretrained(model_dir).get_text_config().hidden_size
+            _, config = load_head(head_path or model_dir, hidden_size=hidden)
+        self.config = config
         self.spec = resolve_step_spec(AutoTokenizer.from_pretrained(model_dir), self.config.separators,
                                       self.config.think_tokens)
         self.model_dir, self.head_path = model_dir, head_path
-        self.dir = tempfile.mkdtemp(prefix="metastone-step-scores-")
+        self.dir = tempfile.mkdtemp(prefix="metastone-step-scores-") if vllm else None
+
+    def trace_score(self, prompt_ids: list[int], token_ids: list[int], token_probs: list[float]):
+        """The draft's ``TraceScore`` from one head probability per response token."""
+        from metastone.serve.scoring import trace_score_from_token_probs
+
+        return trace_score_from_token_probs(list(prompt_ids) + list(token_ids), len(prompt_ids), token_probs, self.spec,
+                                            self.config.aggregation, cached=len(prompt_ids))
 
     def engine_kwargs(self, engine_kwargs: dict) -> dict:
         """The engine options that attach the head and the processor; the directory goes in the environment
@@ -172,7 +184,6 @@ class _StepScores:
         """The draft's ``TraceScore``; None (with a warning) if the engine's record of it is incomplete."""
         import os
 
-        from metastone.serve.scoring import trace_score_from_token_probs
         from metastone.serve.step_scores import read_token_probs
 
         path = os.path.join(self.dir, key)
@@ -185,8 +196,7 @@ class _StepScores:
             logger.warning("no complete step scores from the engine for a draft of %d tokens; scoring it "
                            "with the scorer instead", len(token_ids))
             return None
-        return trace_score_from_token_probs(list(prompt_ids) + list(token_ids), len(prompt_ids), probs, self.spec,
-                                            self.config.aggregation, cached=len(prompt_ids))
+        return self.trace_score(prompt_ids, token_ids, probs)
 
     def cleanup(self) -> None:
         import os
@@ -194,6 +204,8 @@ class _StepScores:
 
         from metastone.serve.step_scores import STEP_SCORES_DIR_ENV
 
+        if self.dir is None:
+            return
         shutil.rmtree(self.dir, ignore_errors=True)
         if os.environ.get(STEP_SCORES_DIR_ENV) == self.dir:
             del os.environ[STEP_SCORES_DIR_ENV]

@@ -8,6 +8,12 @@ a stop token id (kept in ``token_ids``, excluded from the text, like vLLM's ``st
 stop string (excluded from the text, like vLLM) or at ``max_tokens``. Stop token ids are checked
 before stop strings, as vLLM does; ``stop_reason`` says which one fired (None for EOS). ``repetition_penalty``
 follows the HF/vLLM rule over prompt and output tokens (positive logits divided, negative multiplied).
+
+``attach_head`` scores while generating: a forward pre-hook on the decoder layer whose input is the
+head's feature (``sprm/features.py``) keeps the last position's state of every decoding forward, and
+the head turns it into that token's probability, so each ``Draft`` carries ``token_probs`` (one per
+token; the last token's is NaN when no later forward ran it, as it is never a step's row) without a
+second pass over the draft. The sampled tokens are the same with or without the head.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class Draft:
     finish_reason: str  # "stop" (EOS, stop token id or stop string) or "length"
     seed: int | None
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it; None for EOS/length
+    token_probs: list[float] | None = None  # the SPRM head's probability per token (``HFPolicy.attach_head``)
 
 
 class HFPolicy:
@@ -46,6 +53,7 @@ class HFPolicy:
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir}: not a Hugging Face model folder (no config.json).")
+        self.model_dir = model_dir
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=parse_dtype(dtype)).to(self.device).eval()
@@ -57,6 +65,29 @@ class HFPolicy:
         # the context: the model's positions, or less when asked (``--max_model_len``, as for vLLM)
         model_len = getattr(self.model.config, "max_position_embeddings", None)
         self.max_len = min(n for n in (model_len, max_len) if n) if (model_len or max_len) else None
+        self.head = None  # attach_head
+        self._feature: torch.Tensor | None = None
+
+    def attach_head(self, head_path: str | Path | None = None):
+        """Score while generating with the SPRM head in ``head_path`` (default: the model folder); returns
+        the head's ``SPRMConfig`` (separators, aggregation) for turning ``Draft.token_probs`` into step scores."""
+        from metastone.sprm import load_head
+        from metastone.sprm.features import backbone, layer_input_index
+
+        if self.head is not None:
+            raise ValueError("a head is already attached to this policy.")
+        hidden = self.model.config.get_text_config().hidden_size
+        head, config = load_head(head_path or self.model_dir, hidden_size=hidden, dtype=self.model.dtype)
+        layers = backbone(self.model).layers
+        layer = layers[layer_input_index(len(layers), config.feature_layer)]
+
+        def keep_last(_module, args, kwargs):
+            hidden_states = args[0] if args else kwargs["hidden_states"]
+            self._feature = hidden_states[:, -1, :]
+
+        layer.register_forward_pre_hook(keep_last, with_kwargs=True)
+        self.head = head.to(self.device)
+        return config
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -101,11 +132,17 @@ class HFPolicy:
         stopped_by_string = [False] * batch
         stop_reasons: list[int | str | None] = [None] * batch
         stop_ids = set(sampling.stop_token_ids)
+        probs: list[list[float]] = [[] for _ in range(batch)]  # the head's, while one is attached
         past = None
         step_input, positions = ids, (attn.cumsum(1) - 1).clamp_min(0)
         for _ in range(sampling.max_tokens):
             out = self.model(input_ids=step_input, attention_mask=attn, position_ids=positions, past_key_values=past, use_cache=True)
             past = out.past_key_values
+            if self.head is not None:  # this forward's input is each row's last sampled token (or the prompt)
+                p = self.head.probs(self._feature).cpu().tolist()
+                for row in range(batch):
+                    if len(probs[row]) < len(out_ids[row]):
+                        probs[row].append(p[row])
             logits = out.logits[:, -1, :].float().cpu()
             if sampling.repetition_penalty != 1.0:
                 for row in range(batch):
@@ -140,7 +177,8 @@ class HFPolicy:
         for row in range(batch):
             # Like vLLM: a stop string / stop token is cut from the text; the token ids keep every sampled token.
             text = texts[row] if stopped_by_string[row] else self.tokenizer.decode(out_ids[row], skip_special_tokens=False)
-            drafts.append(Draft(text, out_ids[row], reasons[row], seeds[row], stop_reasons[row]))
+            token_probs = probs[row] + [float("nan")] * (len(out_ids[row]) - len(probs[row])) if self.head is not None else None
+            drafts.append(Draft(text, out_ids[row], reasons[row], seeds[row], stop_reasons[row], token_probs))
         return drafts
 
     @staticmethod

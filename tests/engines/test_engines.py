@@ -112,7 +112,7 @@ class FakePolicy:
 
 def test_hf_generator_groups_merged_requests_by_sampling():
     gen = object.__new__(LocalGenerator)
-    gen.backend, gen.policy = "hf", FakePolicy()
+    gen.backend, gen.policy, gen.step_scores = "hf", FakePolicy(), None
     gen._batcher = Coalescer(gen._run)
 
     def req(seed):
@@ -154,12 +154,11 @@ def test_local_scorer_merges_and_checks_lengths():
 
 
 def test_scoring_while_generating_is_refused_where_it_cannot_run():
-    """Only the in-process vLLM policy scores while generating: the flag on another backend is an error that
-    names what to use, not a silently separate scoring pass."""
+    """Only an in-process policy (vLLM or HF) scores while generating: the flag with services is an error that
+    names what to use, not a silently separate scoring pass; a head path without it is refused too."""
     from metastone.engines import EngineConfig, LocalGenerator, make_engines
 
-    with pytest.raises(ValueError, match="'vllm' backend only"):
-        LocalGenerator("hf", "no/such/model", score_while_generating=True)
-    for backend in ("hf", "server"):
-        with pytest.raises(ValueError, match="--score_while_generating needs --backend vllm"):
-            make_engines(EngineConfig(model_dir="m", backend=backend, score_while_generating=True))
+    with pytest.raises(ValueError, match="head_path only applies with score_while_generating=True"):
+        LocalGenerator("hf", "no/such/model", head_path="head")
+    with pytest.raises(ValueError, match="--score_while_generating needs --backend vllm or hf"):
+        make_engines(EngineConfig(model_dir="m", backend="server", score_while_generating=True))

@@ -220,3 +220,26 @@ def test_drafts_scored_while_generating_skip_the_scorer(tmp_path):
     assert stats.drafts_done == 12 and sum(scorer.batches) == 6
     for r in records:
         assert (r["score"], r["score_positions"]) == ((0.25, [7]) if r["draft"] % 2 else (0.75, [r["prompt_len"]]))
+
+
+def test_inference_py_hf_scoring_while_generating_records_the_scorers_step_scores(peaky_model, demo_file, tmp_path):
+    """``test/inference.py --backend hf --score_while_generating``, as the README runs it: the same drafts and
+    step scores (1e-5, same positions) as the run scored by the separate HF scorer, with steps to score."""
+    model_dir, _ = peaky_model
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    runs, scoring_s = {}, {}
+    for name, extra in (("fused", ["--score_while_generating"]), ("scored", [])):
+        cmd = _infer_cmd(model_dir, demo_file, tmp_path / f"{name}.jsonl", ["--max_tokens", "24", *extra])
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        scoring_s[name] = [json.loads(x)["timings"]["score_s"] for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        runs[name] = {r["key"]: r for r in _contents(tmp_path / f"{name}.jsonl")}
+    assert set(scoring_s["fused"]) == {0.0} and min(scoring_s["scored"]) > 0  # the scorer never ran for the fused run
+    fused, scored = runs["fused"], runs["scored"]
+    assert sorted(fused) == sorted(scored) and len(fused) == 16
+    for key, a in fused.items():
+        b = scored[key]
+        assert a["token_ids"] == b["token_ids"] and a["score_positions"] == b["score_positions"]
+        assert a["step_scores"] == pytest.approx(b["step_scores"], abs=1e-5)
+    assert sum(len(r["step_scores"]) for r in fused.values()) >= 6

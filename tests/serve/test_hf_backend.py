@@ -144,3 +144,56 @@ def test_prefix_cache_is_bounded(tiny_model_dir):
     assert 0 < scorer.prefix_cache.bytes <= 0.1 * 2**20 and 0 < len(scorer.prefix_cache) < len(seqs)
     with pytest.raises(ValueError, match="prefix_cache_mib"):
         HFScorer(tiny_model_dir, prefix_cache_mib=-1)
+
+
+def test_scoring_while_generating_on_hf_gives_the_scorers_probabilities_and_the_same_drafts(peaky_model):
+    """``HFPolicy.attach_head`` / ``LocalGenerator("hf", score_while_generating=True)``: the same drafts as the plain
+    policy (sampled with the penalty, greedy, and stopped at the separator so rows end at different steps of a
+    left-padded batch); every token probability the policy records is the head's on a full forward of prompt +
+    draft (fp32, 1e-5; only a last token may lack one), and each draft's score is the scorer's."""
+    import asyncio
+
+    from metastone.engines import DraftRequest, LocalGenerator, Sampling
+    from metastone.eval.tasks import load_task
+    from metastone.serve.hf_policy import HFPolicy
+    from metastone.sprm import load_head
+    from metastone.sprm.features import extract_features
+
+    model_dir, (sep,) = peaky_model
+    task = load_task("demo")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [tok.encode(task.prompt(task[i]), add_special_tokens=False) for i in range(3)]
+    prompts.append(prompts[0][:-7])  # shorter: padded on the left
+    settings = [Sampling(max_tokens=24, temperature=0.8, top_p=0.9, repetition_penalty=1.05),
+                Sampling(max_tokens=24, temperature=0.0),
+                Sampling(max_tokens=24, temperature=1.0, stop_token_ids=(sep,))]
+    plain, fused = HFPolicy(model_dir), HFPolicy(model_dir)
+    fused.attach_head()
+    head, cfg = load_head(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    seeds = list(range(len(prompts)))
+    n_missing = 0
+    for s in settings:
+        a, b = fused.generate(prompts, seeds, s), plain.generate(prompts, seeds, s)
+        assert [d.token_ids for d in a] == [d.token_ids for d in b]
+        assert all(d.token_probs is None for d in b)
+        for p, d in zip(prompts, a):
+            assert len(d.token_probs) == len(d.token_ids)
+            with torch.no_grad():
+                ref = head.probs(extract_features(model, torch.tensor([p + d.token_ids]), feature_layer=cfg.feature_layer)[0])
+            ref = ref[len(p):].tolist()
+            n_missing += math.isnan(d.token_probs[-1])
+            assert not any(math.isnan(x) for x in d.token_probs[:-1])
+            got = [x for x in d.token_probs if not math.isnan(x)]
+            assert got == pytest.approx(ref[: len(got)], abs=1e-5)
+    assert n_missing  # the batch's longest drafts end with no forward over their last token
+    reqs = [DraftRequest(key=f"k{i}", question_id="q", draft=i, seed=i, prompt="", prompt_ids=p) for i, p in enumerate(prompts)]
+    gen = LocalGenerator("hf", str(model_dir), dtype="float32", device="cpu", score_while_generating=True)
+    results = asyncio.run(gen.generate(reqs, settings[0]))
+    asyncio.run(gen.close())
+    ref = HFScorer(model_dir).score_ids([r.prompt_ids + g.token_ids for r, g in zip(reqs, results)], [len(p) for p in prompts])
+    assert sum(len(r.positions) for r in ref) >= 3
+    for got, want in zip((g.score for g in results), ref):
+        assert got.positions == want.positions
+        assert got.step_scores == pytest.approx(want.step_scores, abs=1e-5)
+        assert got.value == pytest.approx(want.value, abs=1e-5)
