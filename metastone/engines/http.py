@@ -44,7 +44,10 @@ class ServerGenerator:
         ids = choice.get("token_ids")
         if ids is None:
             raise RuntimeError(f"policy {client.base_url} returned no token_ids; it must support return_token_ids")
-        return GenResult(choice["text"], list(ids), choice.get("finish_reason") or "length", choice.get("stop_reason"))
+        sprm = choice.get("sprm")  # a service that scores while generating (serve-policy --score_while_generating)
+        score = TraceScore(sprm["value"], sprm["all_scores"], sprm["score_positions"]) if sprm else None
+        return GenResult(choice["text"], list(ids), choice.get("finish_reason") or "length", choice.get("stop_reason"),
+                         score=score)
 
     async def generate(self, requests: list[DraftRequest], sampling: Sampling) -> list[GenResult | Exception]:
         return list(await asyncio.gather(*(self._one(r, sampling) for r in requests), return_exceptions=True))

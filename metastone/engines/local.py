@@ -4,10 +4,12 @@ each in a worker thread behind a ``Coalescer``."""
 from __future__ import annotations
 
 import logging
+import os
 
 from metastone.engines.coalescer import Coalescer
 from metastone.engines.types import DraftRequest, GenResult, Sampling
 from metastone.serve.scoring import TraceScore, check_batch
+from metastone.serve.step_scores import StepScoreCollector
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ class LocalGenerator:
 
             self.policy = HFPolicy(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=dtype)
             if score_while_generating:
-                self.step_scores = _StepScores(model_dir, head_path, config=self.policy.attach_head(head_path))
+                self.step_scores = StepScoreCollector(model_dir, head_path, config=self.policy.attach_head(head_path))
         elif backend == "vllm":
             import torch
             from vllm import LLM
@@ -59,8 +61,11 @@ class LocalGenerator:
 
             self.cpu_sampling = set(PROCESSORS) <= set(engine_kwargs.get("logits_processors") or [])
             if score_while_generating:
-                self.step_scores = _StepScores(model_dir, head_path, vllm=True)
-                engine_kwargs.update(self.step_scores.engine_kwargs(engine_kwargs))
+                if engine_kwargs.get("hf_overrides"):
+                    raise ValueError("score_while_generating sets hf_overrides itself; pass head_path instead.")
+                self.step_scores = StepScoreCollector(model_dir, head_path, vllm=True)
+                engine_kwargs.update(self.step_scores.engine_kwargs(engine_kwargs.get("logits_processors") or []))
+                os.environ.update(self.step_scores.env())  # the engine's processes inherit it
             self.llm = LLM(model=str(model_dir), dtype=dtype, **engine_kwargs)
         else:
             raise ValueError(f"unknown local backend {backend!r}; expected 'hf' or 'vllm'.")
@@ -119,96 +124,6 @@ class LocalGenerator:
             self.llm = None
         if self.step_scores is not None:
             self.step_scores.cleanup()
-
-
-class _StepScores:
-    """The caller's side of scoring while generating: each draft's step scores from the head's per-token
-    probabilities, picked and aggregated exactly as the scorers do (``serve/scoring.py``). With vLLM
-    (``serve/step_scores.py``) also the directory the engine writes to and a key per request."""
-
-    def __init__(self, model_dir: str, head_path: str | None, *, config=None, vllm: bool = False):
-        import tempfile
-
-        import torch
-        from transformers import AutoConfig, AutoTokenizer
-
-        from metastone.sprm import load_head, resolve_step_spec
-
-        if vllm and torch.cuda.is_available():
-            raise ValueError("score_while_generating is verified on vLLM's CPU engine only; on a GPU score with the "
-                             "separate SPRM scorer (the default) or use --backend hf, until the check in "
-                             "docs/serving.md has been run there.")
-        if config is None:
-            hidden = AutoConfig.from_pretrained(model_dir).get_text_config().hidden_size
-            _, config = load_head(head_path or model_dir, hidden_size=hidden)
-        self.config = config
-        self.spec = resolve_step_spec(AutoTokenizer.from_pretrained(model_dir), self.config.separators,
-                                      self.config.think_tokens)
-        self.model_dir, self.head_path = model_dir, head_path
-        self.dir = tempfile.mkdtemp(prefix="metastone-step-scores-") if vllm else None
-
-    def trace_score(self, prompt_ids: list[int], token_ids: list[int], token_probs: list[float]):
-        """The draft's ``TraceScore`` from one head probability per response token."""
-        from metastone.serve.scoring import trace_score_from_token_probs
-
-        return trace_score_from_token_probs(list(prompt_ids) + list(token_ids), len(prompt_ids), token_probs, self.spec,
-                                            self.config.aggregation, cached=len(prompt_ids))
-
-    def engine_kwargs(self, engine_kwargs: dict) -> dict:
-        """The engine options that attach the head and the processor; the directory goes in the environment
-        the engine's processes inherit."""
-        import os
-
-        from metastone.serve.step_scores import STEP_SCORES_DIR_ENV, STEP_SCORES_PROCESSOR
-        from metastone.serve.vllm_scorer import sprm_hf_overrides
-
-        if engine_kwargs.get("hf_overrides"):
-            raise ValueError("score_while_generating sets hf_overrides itself; pass head_path instead.")
-        os.environ[STEP_SCORES_DIR_ENV] = self.dir
-        return {"hf_overrides": sprm_hf_overrides(self.model_dir, self.head_path, while_generating=True),
-                "logits_processors": [*(engine_kwargs.get("logits_processors") or []), STEP_SCORES_PROCESSOR]}
-
-    @staticmethod
-    def new_key() -> str:
-        import uuid
-
-        return uuid.uuid4().hex
-
-    @staticmethod
-    def request_args(key: str) -> dict:
-        from metastone.serve.step_scores import STEP_SCORES_ARG
-
-        return {STEP_SCORES_ARG: key}
-
-    def collect(self, key: str, prompt_ids: list[int], token_ids: list[int]):
-        """The draft's ``TraceScore``; None (with a warning) if the engine's record of it is incomplete."""
-        import os
-
-        from metastone.serve.step_scores import read_token_probs
-
-        path = os.path.join(self.dir, key)
-        probs = read_token_probs(path, len(token_ids))
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        if probs is None:
-            logger.warning("no complete step scores from the engine for a draft of %d tokens; scoring it "
-                           "with the scorer instead", len(token_ids))
-            return None
-        return self.trace_score(prompt_ids, token_ids, probs)
-
-    def cleanup(self) -> None:
-        import os
-        import shutil
-
-        from metastone.serve.step_scores import STEP_SCORES_DIR_ENV
-
-        if self.dir is None:
-            return
-        shutil.rmtree(self.dir, ignore_errors=True)
-        if os.environ.get(STEP_SCORES_DIR_ENV) == self.dir:
-            del os.environ[STEP_SCORES_DIR_ENV]
 
 
 class LocalScorer:

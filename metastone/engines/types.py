@@ -31,6 +31,6 @@ class GenResult:
     token_ids: list[int]
     finish_reason: str
     stop_reason: int | str | None = None  # vLLM's: the stop token id or stop string that fired; None for EOS/length
-    # the SPRM score, from an engine that scores while it generates (``LocalGenerator(score_while_generating=True)``);
-    # None: the caller scores the draft with its scorer
+    # the SPRM score, from an engine that scores while it generates (``LocalGenerator(score_while_generating=True)``,
+    # ``serve-policy --score_while_generating``); None: the caller scores the draft with its scorer
     score: "TraceScore | None" = None

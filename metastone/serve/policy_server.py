@@ -12,6 +12,11 @@
   started as a subprocess on a loopback port and reached through this app; with ``--backend hf``
   ``/v1/completions`` is answered here by ``HFPolicy`` (token-id or text prompts, ``n``, ``seed``).
 - ``GET /health``; OpenAPI at ``/openapi.json`` and ``/docs``.
+- Scoring while generating (``serve-policy --score_while_generating``): a ``/v1/completions`` choice also
+  carries ``"sprm": {"value", "all_scores", "score_positions"}`` (the ``/score`` contract, positions in
+  prompt + draft tokens), taken as the policy decoded (``serve/step_scores.py``): with ``--backend hf``
+  for every choice, with ``--backend vllm`` for requests of one prompt and ``n`` = 1 (what
+  ``ServerGenerator`` sends; others come back without it).
 """
 
 from __future__ import annotations
@@ -89,8 +94,9 @@ class HFPolicyBackend:
 
     name = "hf"
 
-    def __init__(self, policy, model_name: str):
-        self.policy, self.model_name = policy, model_name
+    def __init__(self, policy, model_name: str, step_scores=None):
+        """``step_scores``: a ``StepScoreCollector`` when ``policy`` has the head attached (``attach_head``)."""
+        self.policy, self.model_name, self.step_scores = policy, model_name, step_scores
         self._lock = asyncio.Lock()
 
     async def prompt_tokens_and_context(self, prompt: str) -> tuple[int, int | None]:
@@ -115,6 +121,8 @@ class HFPolicyBackend:
             if return_token_ids:
                 choice["token_ids"] = d.token_ids
                 choice["prompt_token_ids"] = ids
+            if self.step_scores is not None and d.token_probs is not None:
+                choice["sprm"] = self.step_scores.trace_score(ids, d.token_ids, d.token_probs).as_dict()
             choices.append(choice)
         gen = sum(len(d.token_ids) for d in drafts)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
@@ -145,12 +153,15 @@ class VLLMProxyBackend:
 
     name = "vllm"
 
-    def __init__(self, base_url: str, model_name: str, timeout_s: float = 3600.0, cpu_sampling: bool = False):
+    def __init__(self, base_url: str, model_name: str, timeout_s: float = 3600.0, cpu_sampling: bool = False,
+                 step_scores=None):
         """``cpu_sampling``: the server runs our CPU sampling processors (``serve/cpu_sampling.py``); top-p and
-        the repetition penalty then travel in ``vllm_xargs``."""
+        the repetition penalty then travel in ``vllm_xargs``. ``step_scores``: a ``StepScoreCollector`` whose
+        directory and head the server was started with (scoring while generating)."""
         import httpx
 
         self.base_url, self.model_name, self.cpu_sampling = base_url.rstrip("/"), model_name, cpu_sampling
+        self.step_scores = step_scores
         self.client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
 
     async def prompt_tokens_and_context(self, prompt: str) -> tuple[int, int | None]:
@@ -189,10 +200,64 @@ class VLLMProxyBackend:
         content = await request.body()
         if self.cpu_sampling and request.method == "POST" and path in ("v1/completions", "v1/chat/completions"):
             content = _sampling_to_xargs(content)
+        key = None
+        if self.step_scores is not None and request.method == "POST" and path == "v1/completions":
+            content, key, asked_ids = _ask_step_scores(content, self.step_scores)
         resp = await self.client.request(request.method, f"/{path}", content=content,
                                          headers={"content-type": request.headers.get("content-type", "application/json")},
                                          params=request.query_params)
-        return Response(content=resp.content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
+        body = resp.content
+        if key is not None:
+            body = self._with_step_scores(resp, key, asked_ids)
+        return Response(content=body, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
+
+    def _with_step_scores(self, resp, key: str, asked_ids: bool) -> bytes:
+        """The engine's answer with the draft's ``"sprm"`` score added (token ids kept only if the client asked)."""
+        import json
+        import os
+
+        try:
+            out = resp.json() if resp.status_code == 200 else None
+            choice = out["choices"][0] if out and len(out["choices"]) == 1 else None
+        except (ValueError, KeyError, TypeError):
+            choice = None
+        if choice is None or choice.get("token_ids") is None or choice.get("prompt_token_ids") is None:
+            try:
+                os.unlink(os.path.join(self.step_scores.dir, key))
+            except FileNotFoundError:
+                pass
+            return resp.content
+        score = self.step_scores.collect(key, choice["prompt_token_ids"], choice["token_ids"])
+        if score is not None:
+            choice["sprm"] = score.as_dict()
+        if not asked_ids:
+            choice["token_ids"] = choice["prompt_token_ids"] = None
+        return json.dumps(out).encode()
+
+
+def _ask_step_scores(content: bytes, step_scores) -> tuple[bytes, str | None, bool]:
+    """A ``/v1/completions`` body with a step-score key added to ``vllm_xargs`` (and token ids asked for),
+    the key, and whether the client asked for token ids itself. Only a one-prompt, ``n`` = 1, non-streamed,
+    non-beam request is keyed (the processor writes one file per request); anything else goes unchanged."""
+    import json
+
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return content, None, False
+    if not isinstance(body, dict):
+        return content, None, False
+    prompt, xargs = body.get("prompt"), body.get("vllm_xargs")
+    one_prompt = isinstance(prompt, str) or (isinstance(prompt, list) and bool(prompt)
+                                             and all(isinstance(t, int) for t in prompt))
+    if (not one_prompt or body.get("n", 1) != 1 or body.get("stream") or body.get("use_beam_search")
+            or body.get("echo") or (xargs is not None and not isinstance(xargs, dict))):
+        return content, None, False
+    key = step_scores.new_key()
+    asked_ids = bool(body.get("return_token_ids"))
+    body["vllm_xargs"] = {**(xargs or {}), **step_scores.request_args(key)}
+    body["return_token_ids"] = True
+    return json.dumps(body).encode(), key, asked_ids
 
 
 def _sampling_to_xargs(content: bytes) -> bytes:

@@ -67,3 +67,90 @@ def step_scores_dir() -> str | None:
     """The directory this process's engine writes scores to, or None where scoring while decoding is off."""
     value = os.environ.get(STEP_SCORES_DIR_ENV)
     return value if value and os.path.isdir(value) else None
+
+
+class StepScoreCollector:
+    """The caller's side of scoring while generating (in-process engines and ``serve-policy``): each draft's
+    step scores from the head's per-token probabilities, picked and aggregated exactly as the scorers do
+    (``serve/scoring.py``). With vLLM (``vllm=True``) also the engine options that attach the head and the
+    processor, the directory the engine writes to and a key per request.
+
+    ``config``: the head's ``SPRMConfig`` when the caller has loaded the head already (``HFPolicy.attach_head``)."""
+
+    def __init__(self, model_dir: str | Path, head_path: str | Path | None = None, *, config=None, vllm: bool = False):
+        import tempfile
+
+        import torch
+        from transformers import AutoConfig, AutoTokenizer
+
+        from metastone.sprm import load_head, resolve_step_spec
+
+        if vllm and torch.cuda.is_available():
+            raise ValueError("score_while_generating is verified on vLLM's CPU engine only; on a GPU score with the "
+                             "separate SPRM scorer (the default) or use the hf backend, until the check in "
+                             "docs/serving.md has been run there.")
+        if config is None:
+            hidden = AutoConfig.from_pretrained(model_dir).get_text_config().hidden_size
+            _, config = load_head(head_path or model_dir, hidden_size=hidden)
+        self.config = config
+        self.spec = resolve_step_spec(AutoTokenizer.from_pretrained(model_dir), config.separators, config.think_tokens)
+        self.model_dir, self.head_path = model_dir, head_path
+        self.dir = tempfile.mkdtemp(prefix="metastone-step-scores-") if vllm else None
+
+    def trace_score(self, prompt_ids, token_ids, token_probs):
+        """The draft's ``TraceScore`` from one head probability per response token."""
+        from metastone.serve.scoring import trace_score_from_token_probs
+
+        return trace_score_from_token_probs(list(prompt_ids) + list(token_ids), len(prompt_ids), token_probs, self.spec,
+                                            self.config.aggregation, cached=len(prompt_ids))
+
+    # -- vLLM --------------------------------------------------------------------------------------
+    def engine_kwargs(self, processors=()) -> dict:
+        """vLLM engine options: the policy with the head attached (``hf_overrides``) and the logits processors
+        ``processors`` followed by ``StepScoresOut``. The engine's processes must see ``env()``."""
+        from metastone.serve.vllm_scorer import sprm_hf_overrides
+
+        return {"hf_overrides": sprm_hf_overrides(self.model_dir, self.head_path, while_generating=True),
+                "logits_processors": [*processors, STEP_SCORES_PROCESSOR]}
+
+    def env(self) -> dict[str, str]:
+        return {STEP_SCORES_DIR_ENV: self.dir}
+
+    @staticmethod
+    def new_key() -> str:
+        import uuid
+
+        return uuid.uuid4().hex
+
+    @staticmethod
+    def request_args(key: str) -> dict:
+        """What a request adds to ``SamplingParams.extra_args`` (vLLM's ``vllm_xargs``) to be scored."""
+        return {STEP_SCORES_ARG: key}
+
+    def collect(self, key: str, prompt_ids, token_ids):
+        """The draft's ``TraceScore`` from the engine's record of request ``key`` (then deleted); None, with a
+        warning, if the record is incomplete."""
+        import logging
+
+        path = os.path.join(self.dir, key)
+        probs = read_token_probs(path, len(token_ids))
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        if probs is None:
+            logging.getLogger(__name__).warning(
+                "no complete step scores from the engine for a draft of %d tokens; scoring it with the scorer "
+                "instead", len(token_ids))
+            return None
+        return self.trace_score(prompt_ids, token_ids, probs)
+
+    def cleanup(self) -> None:
+        """Remove the directory (and take it out of this process's environment if it was put there)."""
+        import shutil
+
+        if self.dir is None:
+            return
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get(STEP_SCORES_DIR_ENV) == self.dir:
+            del os.environ[STEP_SCORES_DIR_ENV]

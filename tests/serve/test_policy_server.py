@@ -110,3 +110,83 @@ def test_openai_bodies_carry_sampling_to_the_cpu_processors():
                  json.dumps({"prompt": "x"}).encode(), json.dumps({"top_p": 0.5, "vllm_xargs": {TOP_P_ARG: 0.2}}).encode(),
                  json.dumps({"top_p": 0.5, "vllm_xargs": "bad"}).encode(), json.dumps({"top_p": True}).encode()):
         assert _sampling_to_xargs(body) == body
+
+
+def _requests(model_dir, n=4):
+    from transformers import AutoTokenizer
+
+    from metastone.engines import DraftRequest
+    from metastone.eval.tasks import load_task
+
+    tok, task = AutoTokenizer.from_pretrained(model_dir), load_task("demo")
+    prompts = [tok.encode(task.prompt(task[i]), add_special_tokens=False) for i in range(n)]
+    return [DraftRequest(f"k{i}", "q", i, i, "", p) for i, p in enumerate(prompts)]
+
+
+def check_service_scores(url, model_dir, reqs, sampling):
+    """``ServerGenerator`` against a service started with ``--score_while_generating``: every draft comes back
+    with the separate HF scorer's step scores (1e-5, same positions); returns the drafts."""
+    import asyncio
+
+    from metastone.engines.http import ServerGenerator
+    from metastone.serve.hf_backend import HFScorer
+
+    async def main():
+        gen = ServerGenerator([url], str(model_dir))
+        try:
+            return await gen.generate(reqs, sampling)
+        finally:
+            await gen.close()
+
+    results = asyncio.run(main())
+    assert not [r for r in results if isinstance(r, Exception)], results
+    ref = HFScorer(model_dir).score_ids([q.prompt_ids + r.token_ids for q, r in zip(reqs, results)],
+                                        [len(q.prompt_ids) for q in reqs])
+    assert sum(len(r.positions) for r in ref) >= 2
+    for got, want in zip((r.score for r in results), ref):
+        assert got is not None and got.positions == want.positions
+        assert got.step_scores == pytest.approx(want.step_scores, abs=1e-5)
+        assert got.value == pytest.approx(want.value, abs=1e-5)
+    return results
+
+
+def test_hf_service_scoring_while_generating(peaky_model, server_factory):
+    """``serve-policy --backend hf --score_while_generating``, as the README starts it: the drafts
+    ``ServerGenerator`` gets are the plain policy's, each with the scorer's step scores; OpenAI choices
+    of any ``n`` carry ``sprm``."""
+    from metastone.serve.hf_policy import HFPolicy
+
+    model_dir, _ = peaky_model
+    server = server_factory(["serve-policy", "--model_path", str(model_dir), "--backend", "hf", "--dtype", "float32",
+                             "--score_while_generating"])
+    reqs = _requests(model_dir)
+    sampling = Sampling(max_tokens=24, temperature=1.0, top_p=0.9, repetition_penalty=1.05)
+    results = check_service_scores(server.url, model_dir, reqs, sampling)
+    plain = HFPolicy(model_dir)
+    assert [r.token_ids for r in results] == [plain.generate([q.prompt_ids], [q.seed], sampling)[0].token_ids for q in reqs]
+    body = {"model": str(model_dir), "prompt": "Q: 1+1?\nA:", "n": 2, "max_tokens": 8, "seed": 0}
+    out = httpx.post(server.url + "/v1/completions", json=body, timeout=120).json()
+    assert all(set(c["sprm"]) == {"value", "all_scores", "score_positions"} for c in out["choices"])
+
+
+def test_only_single_draft_openai_bodies_are_keyed_for_step_scores():
+    """The vLLM proxy keys a ``/v1/completions`` body for step scores (a key in ``vllm_xargs``, token ids asked
+    for) only when the engine writes one record for it: one prompt, n = 1, not streamed, no beam search or echo."""
+    import json
+
+    from metastone.serve.policy_server import _ask_step_scores
+    from metastone.serve.step_scores import STEP_SCORES_ARG, StepScoreCollector, valid_key
+
+    class Keys:
+        new_key, request_args = staticmethod(StepScoreCollector.new_key), staticmethod(StepScoreCollector.request_args)
+
+    for body, asked in (({"prompt": "x", "vllm_xargs": {"a": 1}}, False), ({"prompt": [1, 2], "n": 1, "return_token_ids": True}, True)):
+        content, key, asked_ids = _ask_step_scores(json.dumps(body).encode(), Keys)
+        out = json.loads(content)
+        assert valid_key(key) and asked_ids is asked and out["return_token_ids"] is True
+        assert out["vllm_xargs"] == {**body.get("vllm_xargs", {}), STEP_SCORES_ARG: key}
+    for body in (b"not json", b"[1]", json.dumps({"prompt": "x", "n": 2}).encode(), json.dumps({"prompt": ["a", "b"]}).encode(),
+                 json.dumps({"prompt": [[1], [2]]}).encode(), json.dumps({"prompt": "x", "stream": True}).encode(),
+                 json.dumps({"prompt": "x", "echo": True}).encode(), json.dumps({"prompt": "x", "vllm_xargs": "bad"}).encode(),
+                 json.dumps({"prompt": []}).encode()):
+        assert _ask_step_scores(body, Keys) == (body, None, False)

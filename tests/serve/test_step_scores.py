@@ -39,12 +39,12 @@ def test_a_drafts_score_from_its_records(tiny_model_dir, qwq_tokenizer):
     scorers do; the records file is removed once read; an incomplete record gives None (the scorer runs)."""
     import torch
 
-    from metastone.engines.local import _StepScores
+    from metastone.serve.step_scores import StepScoreCollector
     from metastone.sprm import aggregate_list
 
     if torch.cuda.is_available():
         pytest.skip("scoring while generating is CPU-only")
-    steps = _StepScores(str(tiny_model_dir), None)
+    steps = StepScoreCollector(str(tiny_model_dir), None, vllm=True)
     try:
         sep = qwq_tokenizer.encode(".\n\n", add_special_tokens=False)
         assert len(sep) == 1

@@ -165,6 +165,29 @@ def test_policy_service_on_vllm(server_factory, tiny_model_dir):
     assert httpx.get(server.url + "/health").status_code == 200
 
 
+def test_vllm_service_scoring_while_generating(server_factory, peaky_model):
+    """``serve-policy --backend vllm --score_while_generating`` (CPU), as the README starts it: the drafts
+    ``ServerGenerator`` asks for (one prompt, n=1 each) come back with the separate scorer's step scores;
+    a body of n=2 is answered without them, and token ids the client did not ask for are not added."""
+    import torch
+
+    from metastone.engines import Sampling
+    from tests.serve.test_policy_server import _requests, check_service_scores
+
+    if torch.cuda.is_available():
+        pytest.skip("scoring while generating on vLLM is CPU-only")
+    model_dir, _ = peaky_model
+    server = server_factory(["serve-policy", "--model_path", str(model_dir), "--backend", "vllm", "--dtype", "float32",
+                             "--max_model_len", "512", "--enforce_eager", "--score_while_generating"], ready_timeout=420)
+    check_service_scores(server.url, model_dir, _requests(model_dir),
+                         Sampling(max_tokens=24, temperature=1.0, top_p=0.9, repetition_penalty=1.05))
+    body = {"model": str(model_dir), "prompt": "Q: 1+1?\nA:", "max_tokens": 8, "seed": 0}
+    one = httpx.post(server.url + "/v1/completions", json=body, timeout=300).json()["choices"]
+    assert len(one) == 1 and "sprm" in one[0] and one[0].get("token_ids") is None
+    two = httpx.post(server.url + "/v1/completions", json={**body, "n": 2}, timeout=300).json()["choices"]
+    assert len(two) == 2 and not any("sprm" in c for c in two)
+
+
 def test_cpu_generation_takes_top_p_and_penalty_our_way_and_samples_the_same(tiny_model_dir):
     """LocalGenerator on CPU samples top-p and the repetition penalty through our processors
     (serve/cpu_sampling.py): the same drafts as vLLM's own implementations, seed for seed; and both act
