@@ -167,10 +167,10 @@ def bon_hf_fused_share(model_dir: Path, prompts, scorer, args) -> dict:
     to scoring the same drafts afterwards with ``scorer`` (``share_prefix=True``); step scores compared."""
     from metastone.sampling import Sampling
     from metastone.serve.hf_policy import HFPolicy
-    from metastone.serve.scoring import trace_score_from_token_probs
+    from metastone.serve.step_scores import StepScoreCollector
 
     policies = {"plain": HFPolicy(model_dir, dtype=args.dtype), "head": HFPolicy(model_dir, dtype=args.dtype)}
-    config = policies["head"].attach_head()
+    collector = StepScoreCollector(model_dir, config=policies["head"].attach_head())
     reqs = [(p, seed) for p in prompts for seed in range(args.bon_drafts)]
     sampling = Sampling(max_tokens=args.bon_draft_tokens, temperature=0.8)
     best, drafts = {k: float("inf") for k in policies}, {}
@@ -184,18 +184,18 @@ def bon_hf_fused_share(model_dir: Path, prompts, scorer, args) -> dict:
     start = time.perf_counter()
     ref = scorer.score_ids(seqs, lens)
     score_s = time.perf_counter() - start
-    fused = [trace_score_from_token_probs(seq, n, d.token_probs, scorer.spec, config.aggregation, cached=n)
-             for seq, n, d in zip(seqs, lens, drafts["head"])]
+    fused = [collector.trace_score(p, d.token_ids, d.token_probs) for (p, _), d in zip(reqs, drafts["head"])]
     diff = max((abs(x - y) for r, q in zip(fused, ref) for x, y in zip(r.step_scores, q.step_scores)), default=0.0)
     assert [r.positions for r in fused] == [r.positions for r in ref]
+    steps = sum(len(r.positions) for r in ref)
     gen, extra = best["plain"], best["head"] - best["plain"]
     print(f"  generating them with HFPolicy (T 0.8): {gen:.3f} s plain, {best['head']:.3f} s scoring while generating "
           f"({100 * extra / gen:+.1f}%); scoring them afterwards (share_prefix=True) {score_s:.3f} s = "
           f"{100 * score_s / gen:.1f}% of generation; same drafts: {same}; max |step score diff| {diff:.2e} over "
-          f"{sum(len(r.positions) for r in ref)} steps (a random model rarely writes a separator)")
+          f"{steps} steps (a random model rarely writes a separator)")
     return {"generation_seconds": gen, "generation_seconds_with_head": best["head"], "share_of_generation": extra / gen,
             "separate_scoring_seconds": score_s, "separate_share_of_generation": score_s / gen, "same_drafts": same,
-            "max_abs_diff": diff, "steps_compared": sum(len(r.positions) for r in ref)}
+            "max_abs_diff": diff, "steps_compared": steps}
 
 
 def bon_vllm_share(model_dir: Path, tok, args) -> dict:

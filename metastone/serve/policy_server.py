@@ -214,7 +214,6 @@ class VLLMProxyBackend:
     def _with_step_scores(self, resp, key: str, asked_ids: bool) -> bytes:
         """The engine's answer with the draft's ``"sprm"`` score added (token ids kept only if the client asked)."""
         import json
-        import os
 
         try:
             out = resp.json() if resp.status_code == 200 else None
@@ -222,10 +221,7 @@ class VLLMProxyBackend:
         except (ValueError, KeyError, TypeError):
             choice = None
         if choice is None or choice.get("token_ids") is None or choice.get("prompt_token_ids") is None:
-            try:
-                os.unlink(os.path.join(self.step_scores.dir, key))
-            except FileNotFoundError:
-                pass
+            self.step_scores.discard(key)
             return resp.content
         score = self.step_scores.collect(key, choice["prompt_token_ids"], choice["token_ids"])
         if score is not None:

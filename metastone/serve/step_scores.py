@@ -132,18 +132,21 @@ class StepScoreCollector:
         warning, if the record is incomplete."""
         import logging
 
-        path = os.path.join(self.dir, key)
-        probs = read_token_probs(path, len(token_ids))
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        probs = read_token_probs(os.path.join(self.dir, key), len(token_ids))
+        self.discard(key)
         if probs is None:
             logging.getLogger(__name__).warning(
                 "no complete step scores from the engine for a draft of %d tokens; scoring it with the scorer "
                 "instead", len(token_ids))
             return None
         return self.trace_score(prompt_ids, token_ids, probs)
+
+    def discard(self, key: str) -> None:
+        """Delete the engine's record of request ``key`` (if it wrote one)."""
+        try:
+            os.unlink(os.path.join(self.dir, key))
+        except FileNotFoundError:
+            pass
 
     def cleanup(self) -> None:
         """Remove the directory (and take it out of this process's environment if it was put there)."""
