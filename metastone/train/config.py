@@ -36,6 +36,12 @@ class SPRMTrainConfig:
     ``pos_weight``, ``count_smoothing``, ``outcome_threshold``, ``invalid_outcome``.
     Head optimiser (its own AdamW, independent of the policy's): ``lr``, ``weight_decay``, ``betas``,
     ``eps``, ``clip_grad``, ``lr_warmup_steps``, ``lr_scheduler_type``, ``min_lr_ratio``.
+    Small-scale learning options (docs/differences.md; all off by default, as in the original):
+    ``standardize_features``/``standardize_steps`` (``metastone.sprm.standardize``, folded into the
+    saved head), ``replay_passes``/``replay_steps``/``replay_groups_per_update`` (head-only passes
+    over the recent steps' features, ``metastone.train.replay``).
+    Honest metrics: ``validation_file``/``validation_freq`` (the head in eval mode on a fixed set of
+    cached drafts, ``metastone.train.head_validation``).
     """
 
     enable: bool = field(default=True, metadata={"help": "train the SPRM head; false = plain GRPO"})
@@ -62,6 +68,17 @@ class SPRMTrainConfig:
     lr_warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps of the head lr"})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "constant|cosine"})
     min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine floor as a fraction of lr"})
+    standardize_features: bool = field(
+        default=False, metadata={"help": "standardize step features (stats of the first steps, then frozen; folded at save)"}
+    )
+    standardize_steps: int = field(default=1, metadata={"help": "training steps whose features estimate the statistics"})
+    replay_passes: int = field(default=0, metadata={"help": "head-only passes over the replay buffer after each step"})
+    replay_steps: int = field(default=4, metadata={"help": "replay buffer bound: features of the last N steps"})
+    replay_groups_per_update: int = field(default=4, metadata={"help": "prompt groups per replay head update"})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "cached validation features (metastone.train.head_validation); null = none"}
+    )
+    validation_freq: int = field(default=1, metadata={"help": "score the validation set every N steps and at the end"})
 
     def __post_init__(self):
         def bad(key: str, expected: str):
@@ -86,6 +103,19 @@ class SPRMTrainConfig:
         object.__setattr__(self, "betas", betas)
         if not isinstance(self.lr_warmup_steps, int) or self.lr_warmup_steps < 0:
             bad("lr_warmup_steps", "an int >= 0")
+        for key, least in (("standardize_steps", 1), ("replay_passes", 0), ("replay_steps", 1),
+                           ("replay_groups_per_update", 1), ("validation_freq", 1)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                bad(key, f"an int >= {least}")
+        if not isinstance(self.standardize_features, bool):
+            bad("standardize_features", "true or false")
+        if self.standardize_features and self.init_head_path:
+            raise ValueError(
+                f"{SECTION}.standardize_features=true with {SECTION}.init_head_path={self.init_head_path!r}: a saved "
+                "head reads raw features (its standardization is folded in); set standardize_features=false to "
+                "continue training it, or init_head_path=null to start a fresh head."
+            )
         if self.invalid_outcome not in INVALID_OUTCOMES:
             bad("invalid_outcome", f"one of {', '.join(INVALID_OUTCOMES)}")
         if self.lr_scheduler_type not in SCHEDULERS:

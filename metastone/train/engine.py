@@ -209,11 +209,15 @@ class SPRMEngine(FSDPEngineWithLMHead):
             features = hidden[rows, cols]
         features = scale_gradient(features.float(), cfg.backbone_grad_scale)
         self.sprm.head.train(self.mode != "eval")
+        self.sprm.observe(features)
         with torch.autocast(device_type=get_device_name(), enabled=False):
-            picked = self.sprm.head(features)
+            picked = self.sprm.logits(features)
         step_logits = torch.zeros(mask.shape, dtype=torch.float32, device=picked.device)
         step_logits = step_logits.index_put((rows, cols), picked)
         outcome = outcome_from_batch(data, cfg.outcome_threshold).to(step_logits.device)
+        if self.sprm.replay is not None and self.mode != "eval":
+            groups = data[GROUP_KEY].reshape(-1) if GROUP_KEY in data.keys() else torch.arange(mask.shape[0])
+            self.sprm.record(features.detach(), rows, outcome, groups)
         loss, metrics = spr_loss(
             step_logits, outcome, mask, pos_weight=cfg.pos_weight, count_smoothing=cfg.count_smoothing,
             dp_group=self._sprm_group, aggregation=cfg.aggregation,
@@ -267,6 +271,11 @@ class SPRMEngine(FSDPEngineWithLMHead):
         self._sprm_ranked = []
         outputs = super().train_batch(data, loss_function)
         ranked, self._sprm_ranked = self._sprm_ranked, None
+        # verl marks a step's last mini-batch (the one after which it steps the lr schedulers): the
+        # head's end-of-step work (statistics frozen, replay passes, validation) runs there
+        step_metrics = {}
+        if self.sprm is not None and tu.get_non_tensor_data(data=data, key="update_lr_scheduler", default=False):
+            step_metrics = self.sprm.end_step()
         if self.sprm is not None and self.is_mp_src_rank_with_outputs():
             # lists, like the per-micro-batch metrics: verl's worker flattens every list it gathers
             outputs["metrics"]["sprm/head_grad_norm"] = [self.sprm.last_grad_norm]
@@ -275,6 +284,8 @@ class SPRMEngine(FSDPEngineWithLMHead):
                 groups, scores, labels = (torch.cat(parts) for parts in zip(*ranked))
                 for key, value in rank_sums(groups, scores, labels).items():
                     outputs["metrics"][key] = [value]
+            for key, value in step_metrics.items():
+                outputs["metrics"][key] = [value]
         return outputs
 
     def to(self, device: str, model: bool = True, optimizer: bool = True, grad: bool = True):

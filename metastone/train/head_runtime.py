@@ -11,7 +11,17 @@ Checkpoint files, written beside verl's shards in ``global_step_N/actor/`` (rank
 
 - ``sprm_head.safetensors`` + ``sprm_config.json`` (``checkpoint.save_contents`` has ``model``): the
   exact files ``metastone.sprm.load_head`` and the scorers read;
-- ``sprm_train_state.pt``: the head's AdamW state (``optimizer``) and lr schedule (``extra``).
+- ``sprm_train_state.pt``: the head's AdamW state (``optimizer``) and lr schedule (``extra``), and
+  the replay buffer and step counter (``extra``);
+- ``sprm_feature_stats.safetensors`` (``model``, only with ``standardize_features``): the feature
+  statistics and the head's weights before folding, so a resumed run continues bit for bit. The
+  ``sprm_head.safetensors`` beside it holds the FOLDED head (``metastone.sprm.standardize``): the head
+  on raw features that every scorer and the export read unchanged.
+
+Small-scale options (``standardize_features``, ``replay_passes``, ``validation_file``; all off by
+default): ``observe``/``logits`` standardize the features the engine hands over, ``record`` keeps
+them for replay, and ``end_step`` (called once per training step, after its last mini-batch) freezes
+the statistics, runs the replay passes and scores the validation set, returning their metrics.
 """
 
 from __future__ import annotations
@@ -22,14 +32,17 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from metastone.sprm import CONFIG_FILE, HEAD_FILE, SPRMConfig, SPRMHead, load_head, save_head
+from metastone.sprm import CONFIG_FILE, HEAD_FILE, SPRMConfig, SPRMHead, load_head, save_head, spr_loss
+from metastone.sprm.standardize import FeatureStandardizer, fold_standardization
 from metastone.train.config import SECTION, SPRMTrainConfig
+from metastone.train.replay import ReplayBuffer, padded
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "sprm_train_state.pt"
+STATS_FILE = "sprm_feature_stats.safetensors"
 STATE_FORMAT_VERSION = 1
 HEAD_INIT_SEED = 1234
 
@@ -87,6 +100,13 @@ class SPRMHeadRuntime:
         )
         self.last_grad_norm = 0.0
         self.skipped_steps = 0
+        self.total_steps = total_steps
+        # training steps ended (end_step calls); checkpointed with the schedule
+        self.steps_done = 0
+        self.standardizer = (FeatureStandardizer(hidden_size, config.standardize_steps, dp_group)
+                             if config.standardize_features else None)
+        self.replay = ReplayBuffer(config.replay_steps) if config.replay_passes > 0 else None
+        self._valset = None
 
     def _build_head(self, hidden_size: int) -> SPRMHead:
         head = initial_head(hidden_size, self.config.dropout)
@@ -139,6 +159,117 @@ class SPRMHeadRuntime:
             self.optimizer.step()
         return self.last_grad_norm
 
+    # ---------------------------------------------------------------- features in, metrics out
+    def observe(self, features: torch.Tensor) -> None:
+        """Features about to be scored in training: they update the standardization estimate while it
+        collects (a collective over the DP group: every rank calls this for every micro-batch)."""
+        if self.standardizer is not None:
+            self.standardizer.observe(features)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Step logits of raw features: the head on standardized features when that option is on."""
+        if self.standardizer is not None:
+            features = self.standardizer.apply(features)
+        return self.head(features)
+
+    def record(self, features: torch.Tensor, rows: torch.Tensor, outcome: torch.Tensor, groups: torch.Tensor) -> None:
+        """Keep each valid trajectory's step features (``features[i]`` is step ``i``, of trajectory
+        ``rows[i]``) for the replay passes; labels 1 / 0 only (invalid ones are never replayed)."""
+        if self.replay is None:
+            return
+        rows = rows.to("cpu")
+        for r, y in enumerate(outcome.tolist()):
+            if y in (0.0, 1.0):
+                picked = features[(rows == r).to(features.device)]
+                if len(picked):
+                    self.replay.add(picked, y, int(groups[r]))
+
+    def end_step(self) -> dict[str, float]:
+        """After a training step's last mini-batch: freeze statistics, replay, validate. Returns metrics."""
+        self.steps_done += 1
+        if self.standardizer is not None:
+            self.standardizer.end_step()
+        metrics: dict[str, float] = {}
+        if self.replay is not None:
+            self.replay.end_step()
+            metrics.update(self.replay_passes())
+        if self.config.validation_file and (
+            self.steps_done % self.config.validation_freq == 0 or self.steps_done == self.total_steps
+        ):
+            metrics.update(self.validate())
+        return metrics
+
+    def _rank(self) -> int:
+        return dist.get_rank(self.dp_group) if group_size(self.dp_group) > 1 else 0
+
+    def replay_passes(self) -> dict[str, float]:
+        """``replay_passes`` head-only passes over the buffer (``replay_groups_per_update`` groups per
+        AdamW step, the SPR loss as in training, dropout on). Every rank runs the same number of updates
+        (the largest count over the DP group; a rank that has run out takes empty updates)."""
+        cfg = self.config
+        batches = []
+        for p in range(cfg.replay_passes):
+            seed = (self.steps_done * 1_000 + p) * 1_000 + self._rank()
+            batches += self.replay.batches(cfg.replay_groups_per_update, seed)
+        count = torch.tensor([len(batches)], dtype=torch.int64)
+        if group_size(self.dp_group) > 1:
+            dist.all_reduce(count, op=dist.ReduceOp.MAX, group=self.dp_group)
+        self.head.train()
+        losses, pos, neg, zero_pos = [], [], [], 0
+        for i in range(int(count)):
+            batch = batches[i] if i < len(batches) else []
+            if batch:
+                feats, rows, cols = padded(batch)
+                feats, rows, cols = feats.to(self.device), rows.to(self.device), cols.to(self.device)
+                labels = torch.tensor([t.label for t in batch], device=self.device)
+                shape = (len(batch), int(cols.max()) + 1)
+            else:  # an empty update on this rank: one masked-out dummy step keeps the collectives aligned
+                feats = torch.zeros(1, self.head.hidden_size, device=self.device)
+                rows = cols = torch.zeros(1, dtype=torch.long, device=self.device)
+                labels, shape = torch.zeros(1, device=self.device), (1, 1)
+            mask = torch.zeros(shape, dtype=torch.bool, device=self.device)
+            if batch:
+                mask[rows, cols] = True
+            step_logits = torch.zeros(shape, device=self.device).index_put((rows, cols), self.logits(feats))
+            self.zero_grad()
+            loss, m = spr_loss(step_logits, labels, mask, pos_weight=cfg.pos_weight,
+                               count_smoothing=cfg.count_smoothing, dp_group=self.dp_group, aggregation=cfg.aggregation)
+            (cfg.loss_coef * loss).backward()
+            self.step()
+            losses.append(m["sprm/loss"])
+            pos.append(m["sprm/num_pos"])
+            neg.append(m["sprm/num_neg"])
+            zero_pos += int(m["sprm/num_pos"] == 0 and m["sprm/num_correct"] > 0)
+        if not losses:
+            return {"sprm/replay_updates": 0.0, "sprm/replay_buffer": float(len(self.replay))}
+        return {"sprm/replay_updates": float(len(losses)), "sprm/replay_buffer": float(len(self.replay)),
+                "sprm/replay_loss": sum(losses) / len(losses), "sprm/replay_kept_pos": sum(pos) / len(pos),
+                "sprm/replay_kept_neg": sum(neg) / len(neg), "sprm/replay_zero_pos_updates": float(zero_pos)}
+
+    def validate(self) -> dict[str, float]:
+        """The head in eval mode on the cached validation set (``metastone.train.head_validation``)."""
+        from metastone.train.head_validation import ValidationSet, evaluate_head
+
+        if self._valset is None:
+            self._valset = ValidationSet.load(self.config.validation_file)
+            if self._valset.hidden_size != self.head.hidden_size:
+                raise ValueError(
+                    f"{SECTION}.validation_file={self.config.validation_file}: features have d="
+                    f"{self._valset.hidden_size}, the head d={self.head.hidden_size}; write it with this run's model."
+                )
+        was_training = self.head.training
+        self.head.eval()
+        try:
+            return evaluate_head(self._valset, lambda f: self.logits(f.to(self.device)), self.config.aggregation)
+        finally:
+            self.head.train(was_training)
+
+    def exported_head(self) -> SPRMHead:
+        """The head on raw features (the standardization folded in): what checkpoints and scorers hold."""
+        if self.standardizer is None:
+            return self.head
+        return fold_standardization(self.head, self.standardizer.mean, self.standardizer.std)
+
     def scheduler_step(self) -> float:
         self.scheduler.step()
         return self.current_lr()
@@ -179,6 +310,11 @@ class SPRMHeadRuntime:
         add(self.head.state_dict())
         add(self.optimizer.state_dict()["state"])
         add(self.scheduler.state_dict().get("last_epoch"))
+        add(self.steps_done)
+        if self.standardizer is not None:
+            add(self.standardizer.state_dict())
+        if self.replay is not None:
+            add(self.replay.state_dict())
         return digest.hexdigest()[:16]
 
     def save(self, directory: str | Path, contents) -> list[Path]:
@@ -187,14 +323,22 @@ class SPRMHeadRuntime:
         out.mkdir(parents=True, exist_ok=True)
         written = []
         if "model" in contents:
-            save_head(self.head, out, self.head_config, released_format=False)
+            save_head(self.exported_head(), out, self.head_config, released_format=False)
             written += [out / HEAD_FILE, out / CONFIG_FILE]
+            if self.standardizer is not None:
+                stats = {f"stats.{k}": v.contiguous() for k, v in self.standardizer.state_dict().items()}
+                stats.update({f"head.{k}": v.detach().to("cpu").contiguous() for k, v in self.head.state_dict().items()})
+                save_file(stats, str(out / STATS_FILE))
+                written.append(out / STATS_FILE)
         state = {"format_version": STATE_FORMAT_VERSION}
         if "optimizer" in contents:
             state["optimizer"] = self.optimizer.state_dict()
         if "extra" in contents:
             state["lr_scheduler"] = self.scheduler.state_dict()
             state["skipped_steps"] = self.skipped_steps
+            state["steps_done"] = self.steps_done
+            if self.replay is not None:
+                state["replay"] = self.replay.state_dict()
         if len(state) > 1:
             torch.save(state, out / STATE_FILE)
             written.append(out / STATE_FILE)
@@ -223,6 +367,16 @@ class SPRMHeadRuntime:
                     f"resume with the same model and {SECTION}.feature_layer."
                 )
             state = load_file(str(file))
+            if self.standardizer is not None:
+                stats_file = src / STATS_FILE
+                if not stats_file.is_file():
+                    raise ValueError(
+                        f"{src}: no {STATS_FILE}, but this run has {SECTION}.standardize_features=true: the checkpoint "
+                        "was saved without it, so its head reads raw features. Resume with standardize_features=false."
+                    )
+                saved = load_file(str(stats_file))
+                self.standardizer.load_state_dict({k[6:]: v for k, v in saved.items() if k.startswith("stats.")})
+                state = {k[5:]: v for k, v in saved.items() if k.startswith("head.")}
             self.head.load_state_dict({k: v.to(self.device) for k, v in state.items()})
         wants_state = "optimizer" in contents or "extra" in contents
         if wants_state:
@@ -241,4 +395,7 @@ class SPRMHeadRuntime:
             if "extra" in contents and "lr_scheduler" in state:
                 self.scheduler.load_state_dict(state["lr_scheduler"])
                 self.skipped_steps = int(state.get("skipped_steps", 0))
+                self.steps_done = int(state.get("steps_done", self.scheduler.last_epoch))
+                if self.replay is not None and "replay" in state:
+                    self.replay.load_state_dict(state["replay"])
         logger.info("SPRM head state restored from %s (digest %s)", src, self.state_digest())

@@ -175,6 +175,13 @@ def check_structure(cfg: DictConfig, sprm: SPRMTrainConfig) -> None:
             f"data.train_batch_size={batch} is not a multiple of actor_rollout_ref.actor.ppo_mini_batch_size={mini}; "
             "choose sizes that divide."
         )
+    epochs = int(_get(cfg, "actor_rollout_ref.actor.ppo_epochs", 1) or 1)
+    if sprm.enable and sprm.replay_passes > 0 and epochs > 1:
+        raise ValueError(
+            f"{SECTION}.replay_passes={sprm.replay_passes} with actor_rollout_ref.actor.ppo_epochs={epochs}: the replay "
+            "buffer records each trajectory as the policy update sees it, so extra epochs would store it twice; set "
+            f"ppo_epochs=1 (replay passes are the head's extra epochs) or {SECTION}.replay_passes=0."
+        )
     n = int(_get(cfg, "actor_rollout_ref.rollout.n", 1))
     if _get(cfg, "algorithm.adv_estimator") == "grpo" and n < 2:
         raise ValueError(

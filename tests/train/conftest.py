@@ -118,6 +118,30 @@ def engine_factory(cpu_verl, train_model_dir, qwq_tokenizer):
     return build
 
 
+def training_worker(engine, loss_fn, monkeypatch):
+    """verl's ``TrainingWorker`` around ``engine`` without Ray (its ``train_mini_batch`` splits a batch into
+    mini-batches, marks the step's last one and gathers metrics, as in a run); one rank, gloo."""
+    import types
+
+    import torch.distributed as dist
+    import verl.workers.engine_workers as ew
+
+    real_all_reduce = dist.all_reduce
+
+    def all_reduce(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):  # gloo has no AVG; world size is 1
+        return real_all_reduce(tensor, op=dist.ReduceOp.SUM if op == dist.ReduceOp.AVG else op, group=group,
+                               async_op=async_op)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    memory = types.SimpleNamespace(max_memory_allocated=lambda: 0, max_memory_reserved=lambda: 0)
+    monkeypatch.setattr(ew, "get_torch_device", lambda: memory)
+    worker = ew.TrainingWorker.__new__(ew.TrainingWorker)
+    worker.engine, worker.loss_fn, worker.device_name, worker.flops_counter = engine, loss_fn, "cpu", None
+    worker.engine_config, worker.model_config = engine.engine_config, engine.model_config
+    worker.profiler = types.SimpleNamespace(step=lambda: None, check_enable=lambda: False, rank=0)
+    return worker
+
+
 # ------------------------------------------------------------------ batches
 
 STEP = "Let me compute this.\n\nFirst term is 2.\n\nThen add 3.\n\nSo it is 5.\n\n"

@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from tests.train.conftest import make_batch, sample_texts
+from tests.train.conftest import make_batch, sample_texts, training_worker
 
 pytestmark = pytest.mark.train
 
@@ -96,26 +96,9 @@ def test_checkpoint_round_trip_restores_head_optimizer_and_schedule(engine, qwq_
 
 def test_verls_training_worker_loop_drives_the_engine(engine, qwq_tokenizer, ppo_loss_fn, monkeypatch):
     """verl's own TrainingWorker.train_mini_batch (mini-batches, metrics gathering) around our engine."""
-    import types
-
-    import torch.distributed as dist
-    import verl.workers.engine_workers as ew
     from verl.utils import tensordict_utils as tu
 
-    real_all_reduce = dist.all_reduce
-
-    def all_reduce(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):  # gloo has no AVG; world size is 1
-        return real_all_reduce(tensor, op=dist.ReduceOp.SUM if op == dist.ReduceOp.AVG else op, group=group,
-                               async_op=async_op)
-
-    monkeypatch.setattr(dist, "all_reduce", all_reduce)
-    memory = types.SimpleNamespace(max_memory_allocated=lambda: 0, max_memory_reserved=lambda: 0)
-    monkeypatch.setattr(ew, "get_torch_device", lambda: memory)
-    worker = ew.TrainingWorker.__new__(ew.TrainingWorker)
-    worker.engine, worker.loss_fn, worker.device_name, worker.flops_counter = engine, ppo_loss_fn, "cpu", None
-    worker.engine_config, worker.model_config = engine.engine_config, engine.model_config
-    worker.profiler = types.SimpleNamespace(step=lambda: None, check_enable=lambda: False, rank=0)
-
+    worker = training_worker(engine, ppo_loss_fn, monkeypatch)
     data = batch(qwq_tokenizer)
     tu.assign_non_tensor(data, mini_batch_size=3, epochs=1, seed=1, dataloader_kwargs={"shuffle": False})
     head_before = engine.sprm.head[0].weight.clone()
