@@ -7,18 +7,22 @@ step the real code path:
 1. the demo policy (SmolLM2-135M-Instruct as Qwen2, ``metastone.assets.smollm2``) and a FRESH head;
 2. the demo task's train split as verl data (``metastone.data.prepare.demo_rows``: the evaluation's
    few-shot completion prompts, drafts ending at a blank line);
-3. ``python -m metastone.train preset=demo_smollm2``: verl's whole GRPO loop on the CPU platform
-   (hf rollout, demo reward, SPR labels, actor + head update, a checkpoint every step). Each step
-   prints the mean reward, the head's score gap (correct minus wrong trajectory score) and its
-   within-question AUROC on that step's rollouts; each prompt's group is scored in the forward pass
-   of the update on it (one update per group), so every value is the head's judgement of drafts it
-   has not trained on;
-4. ``python -m metastone.export`` of the last step (HF folder + head files, the released layout);
-5. ``test/inference.py``'s harness (HF backend) on the first ``--questions`` test questions, K drafts
-   each, for the base policy and for the trained one, both scored by the jointly trained head, and
-   ``test/compute_metric.py``'s metrics: pass@1, majority vote, SPRM Best-of-K and oracle@K.
+3. the base policy's K drafts for the first ``--questions`` test questions (``test/inference.py``'s
+   harness, HF backend), sampled once; their step features (base policy, float32) are the validation
+   set the training run scores with the head in eval mode (``metastone.train.head_validation``), and
+   the head comparison at the end reuses them;
+4. ``python -m metastone.train preset=demo_smollm2``: verl's whole GRPO loop on the CPU platform
+   (hf rollout, demo reward, SPR labels, actor + head update, checkpoints). Each step prints the mean
+   reward, the head's within-question AUROC on that step's rollouts (dropout on, before its update)
+   and, when validated, on the validation set (eval mode) with its Best-of-K;
+5. ``python -m metastone.export`` of the last step (HF folder + head files, the released layout);
+6. the trained policy's K drafts on the same questions, and ``test/compute_metric.py``'s metrics for
+   both policies (pass@1, majority vote, SPRM Best-of-K with the joint head, oracle@K); three heads on
+   the base drafts (fresh, joint, the offline-fitted one shipped for ``metastone demo``).
 
-Writes ``<out>/aha.png`` (score gap and AUROC vs step), ``<out>/table.md`` and ``<out>/summary.json``.
+``--original`` trains with the original's head settings on the same budget (raw features, one head
+update per prompt group, no replay, head lr 2e-5), for comparison with the preset's small-scale
+options (docs/differences.md). Writes ``<out>/aha.png``, ``<out>/table.md`` and ``<out>/summary.json``.
 Every stage resumes: rerunning the command skips finished stages, continues training from the last
 checkpoint (verl ``resume_mode=auto``) and finishes only the missing drafts.
 """
@@ -42,9 +46,16 @@ STEP_COLUMNS = (
     ("invalid", "sprm/label_invalid_frac", "{:.2f}"),
     ("score_gap", "sprm/step_score_gap", "{:+.3f}"),
     ("AUROC", "sprm/within_q_auroc", "{:.3f}"),
+    ("val_AUROC", "actor/sprm/val_auroc", "{:.3f}"),
+    ("val_BoN", "actor/sprm/val_bon", "{:.3f}"),
     ("spr_loss", "actor/sprm/loss", "{:.3f}"),
     ("s/step", "timing_s/step", "{:.0f}"),
 )
+# --original: the original's head settings on the same budget (no small-scale option; the head lr and
+# one head update per prompt group of the earlier demo preset)
+ORIGINAL_HEAD = ("actor_rollout_ref.sprm.standardize_features=false", "actor_rollout_ref.sprm.replay_passes=0",
+                 "actor_rollout_ref.sprm.lr=2e-5", "actor_rollout_ref.actor.ppo_mini_batch_size=1")
+VALIDATION_FILE = "val-features.safetensors"
 
 
 def make_parser(subparsers):
@@ -57,6 +68,8 @@ def make_parser(subparsers):
     p.add_argument("--questions", type=int, default=50, help="first N questions of the demo test split to evaluate")
     p.add_argument("--n-drafts", "--n_drafts", "--drafts", dest="drafts", type=int, default=8, help="drafts per question in the evaluation (K >= 2)")
     p.add_argument("--seed", type=int, default=0, help="data order and sampling seed")
+    p.add_argument("--original", action="store_true",
+                   help="the original's head settings (raw features, one update per group, no replay) on the same budget")
     p.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="extra hydra overrides for the training run (e.g. actor_rollout_ref.sprm.lr=5e-5)")
     p.set_defaults(func=main)
@@ -110,7 +123,8 @@ def format_step(step: int, metrics: dict) -> str:
     return "  ".join(cells)
 
 
-def train(out: Path, model: Path, data: tuple[Path, Path], steps: int, seed: int, overrides: list[str]) -> None:
+def train(out: Path, model: Path, data: tuple[Path, Path], steps: int, seed: int, overrides: list[str],
+          validation: Path | None = None) -> None:
     ckpt = out / "ckpt"
     done = last_step(ckpt)
     if done >= steps:
@@ -119,7 +133,8 @@ def train(out: Path, model: Path, data: tuple[Path, Path], steps: int, seed: int
     cmd = [sys.executable, "-m", "metastone.train", f"preset={PRESET}",
            f"actor_rollout_ref.model.path={model}", f"data.train_files={data[0]}", f"data.val_files={data[1]}",
            f"trainer.default_local_dir={ckpt.resolve()}", f"trainer.total_training_steps={steps}",
-           f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}", *overrides]
+           f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}",
+           *([f"actor_rollout_ref.sprm.validation_file={validation.resolve()}"] if validation else []), *overrides]
     log = out / "train.log"
     print(f"  {'resuming after step ' + str(done) if done else 'starting'}; verl's log: {log}", file=sys.stderr)
     shown = set(read_step_metrics(ckpt))
@@ -154,13 +169,6 @@ def export(out: Path, steps: int) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
-
-
-def base_with_head(out: Path, trained: Path) -> Path:
-    """``out/base/model``: links to the base policy's files with the jointly trained head beside them."""
-    from metastone.cli.demo import prepare_model_folder
-
-    return prepare_model_folder(out / "base", trained)
 
 
 def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, progress: bool, dtype: str) -> None:
@@ -201,101 +209,81 @@ def evaluate_drafts(questions: Path, drafts_file: Path, k: int) -> dict:
     return {name: {"mean": rows[n][key]["mean"], "ci": rows[n][key]["ci"]} for name, (n, key) in pick.items()}
 
 
-def write_initial_head(out: Path, trained: Path) -> Path:
-    """``out/heads/step0``: the head every run starts from (``initial_head``), with the trained head's config."""
-    from metastone.sprm import SPRMConfig, save_head
+def write_initial_head(out: Path, config) -> Path:
+    """``out/heads/step0``: the head every run starts from (``initial_head``) with the preset's head config."""
+    from metastone.sprm import save_head
     from metastone.train.head_runtime import initial_head
 
     folder = out / "heads" / "step0"
-    config = SPRMConfig.load(trained / "sprm_config.json")
-    save_head(initial_head(config.hidden_size, config.dropout), folder, config)
+    if not (folder / "sprm_head.safetensors").is_file():
+        save_head(initial_head(config.hidden_size, config.dropout), folder, config)
     return folder
 
 
-def compare_heads(drafts_file: Path, questions: Path, policy: Path, heads: dict[str, Path]) -> dict[str, dict]:
-    """Each head's within-question AUROC and Best-of-K accuracy on the SAME drafts (the base policy's).
-
-    Features are read once (``metastone.fit.features``: the prompt's cache shared by its drafts); each
-    head scores them as the harness does (step scores, geometric mean); Best-of-K is the metrics' own
-    (``best_of_n_exact`` with n = K: the top-scored draft).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def validation_set(policy: Path, drafts_file: Path, questions: Path, out: Path):
+    """The base drafts' step features (base policy, float32): the training run's validation set and the
+    head comparison's input. Written once (``out/val-features.safetensors``)."""
     from metastone.eval.tasks import load_task
-    from metastone.fit.features import question_features
-    from metastone.metrics.selection import best_of_n_exact
-    from metastone.records import read_records
-    from metastone.sprm import load_head, resolve_step_spec
-    from metastone.sprm.aggregate import aggregate_list
-    from metastone.train.outcome import rank_sums
+    from metastone.train.config import SPRMTrainConfig
+    from metastone.train.head_validation import ValidationSet, write_validation_set
+    from metastone.train.launch import compose_config
 
-    records = list(read_records(drafts_file))
-    by_question: dict[str, list] = {}
-    for r in sorted(records, key=lambda r: (r["question_id"], r["draft"])):
-        by_question.setdefault(r["question_id"], []).append(r)
-    loaded = {name: load_head(path) for name, path in heads.items()}
-    config = next(iter(loaded.values()))[1]
-    tokenizer = AutoTokenizer.from_pretrained(policy)
-    spec = resolve_step_spec(tokenizer, config.separators, config.think_tokens)
-    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
-    rows = []  # (question index, correct, {head: score})
+    path = out / VALIDATION_FILE
+    if path.is_file():
+        return ValidationSet.load(path)
+    head = SPRMTrainConfig.from_mapping(compose_config([f"preset={PRESET}"]).actor_rollout_ref.sprm)
     with load_task("demo", questions) as task:
         examples = {e.id: e for e in task.examples}
-        for qi, (qid, drafts) in enumerate(by_question.items()):
-            prompt_ids = tokenizer(drafts[0]["prompt"])["input_ids"]  # records keep the response's ids only
-            if len(prompt_ids) != drafts[0]["prompt_len"]:
-                raise ValueError(f"{drafts_file}: question {qid}'s prompt re-tokenizes to {len(prompt_ids)} tokens, "
-                                 f"the record says {drafts[0]['prompt_len']}; were the drafts made with {policy}?")
-            feats = question_features(model, prompt_ids, [d["token_ids"] for d in drafts], spec,
-                                      feature_layer=config.feature_layer)
-            for d, f in zip(drafts, feats):
-                correct = task.grade(d["response"], examples[qid]).correct
-                scores = {}
-                for name, (head, cfg) in loaded.items():
-                    head.eval()
-                    with torch.no_grad():
-                        steps = torch.sigmoid(head(f)).tolist() if len(f) else []
-                    scores[name] = aggregate_list(steps, cfg.aggregation)
-                rows.append((qi, bool(correct), scores))
-    groups = torch.tensor([r[0] for r in rows])
-    labels = torch.tensor([1.0 if r[1] else 0.0 for r in rows])
+        return write_validation_set(policy, drafts_file, lambda r: task.grade(r["response"], examples[r["question_id"]]).correct,
+                                    path, separators=head.separators, think_tokens=head.think_tokens,
+                                    feature_layer=head.feature_layer)
+
+
+def compare_heads(valset, heads: dict[str, Path]) -> dict[str, dict]:
+    """Each head's within-question AUROC and Best-of-K accuracy on the SAME drafts (the validation set:
+    the base policy's drafts and features), scored as the harness scores (eval mode, step scores, the
+    head's aggregation); Best-of-K is the metrics' own (``best_of_n_exact`` with n = K)."""
+    from metastone.sprm import load_head
+    from metastone.train.head_validation import evaluate_head
+
     result = {}
-    for name in heads:
-        scores = torch.tensor([r[2][name] for r in rows], dtype=torch.float64)
-        sums = rank_sums(groups, scores, labels)
-        bon = []
-        for q in range(len(by_question)):
-            in_q = groups == q
-            correct, q_scores = labels[in_q].bool().tolist(), scores[in_q].tolist()
-            bon.append(best_of_n_exact(correct, q_scores, len(correct)))
-        result[name] = {"within_q_auroc": sums["sprm/rank_wins"] / sums["sprm/rank_pairs"] if sums["sprm/rank_pairs"] else None,
-                        "pairs": int(sums["sprm/rank_pairs"]), "bon": sum(bon) / len(bon)}
+    for name, path in heads.items():
+        head, config = load_head(path)
+        head.eval()
+        m = evaluate_head(valset, head, config.aggregation)
+        result[name] = {"within_q_auroc": m.get("sprm/val_auroc"), "pairs": int(m["sprm/val_pairs"]), "bon": m["sprm/val_bon"]}
     return result
 
 
 # ---------------------------------------------------------------------------------------------- outputs
 def plot_aha(steps: dict[int, dict], path: Path) -> Path:
+    """Top: the head on the fixed validation set (eval mode) against the step; bottom: the per-step
+    rollout metrics (the head's judgement of each step's fresh rollouts, and the policy's reward)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     xs = sorted(steps)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    panels = (("sprm/step_score_gap", "score gap (correct - wrong)", 0.0),
-              ("sprm/within_q_auroc", "within-question AUROC", 0.5),
-              ("critic/score/mean", "mean reward (accuracy)", None))
-    for ax, (key, title, ref) in zip(axes, panels):
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    panels = (("actor/sprm/val_auroc", "validation: within-question AUROC", 0.5),
+              ("actor/sprm/val_bon", "validation: SPRM Best-of-K (line: pass@1)", "actor/sprm/val_pass1"),
+              ("actor/sprm/val_mean_score", "validation: mean draft score", None),
+              ("sprm/within_q_auroc", "rollouts: within-question AUROC", 0.5),
+              ("sprm/step_score_gap", "rollouts: score gap (correct - wrong)", 0.0),
+              ("critic/score/mean", "rollouts: mean reward (accuracy)", None))
+    for ax, (key, title, ref) in zip(axes.flat, panels):
         pts = [(x, steps[x][key]) for x in xs if isinstance(steps[x].get(key), (int, float))]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+        if isinstance(ref, str):  # a reference read from the metrics (constant over steps)
+            ref = next((steps[x][ref] for x in xs if isinstance(steps[x].get(ref), (int, float))), None)
         if ref is not None:
             ax.axhline(ref, color="grey", lw=0.8, ls="--")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-    fig.suptitle("Joint GRPO + SPRM on the demo task: the head's judgement of each step's fresh rollouts")
+    fig.suptitle("Joint GRPO + SPRM on the demo task: the head learning to judge during RL")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -328,8 +316,22 @@ def main(args) -> int:
         return 1
 
 
+def preset_head(policy: Path):
+    """The preset's head options (``actor_rollout_ref.sprm``) and the ``SPRMConfig`` saved with its heads."""
+    from transformers import AutoConfig
+
+    from metastone.train.config import SPRMTrainConfig
+    from metastone.train.launch import compose_config
+
+    train_cfg = SPRMTrainConfig.from_mapping(compose_config([f"preset={PRESET}"]).actor_rollout_ref.sprm)
+    hidden = AutoConfig.from_pretrained(policy).get_text_config().hidden_size
+    return train_cfg, train_cfg.head_config(int(hidden))
+
+
 def run(args) -> int:
     from metastone.assets.smollm2 import demo_head_path, demo_model_dir
+    from metastone.cli.demo import prepare_model_folder, question_file
+    from metastone.serve.vllm_cpu import cpu_dtype
 
     if args.steps < 1 or args.drafts < 2 or args.questions < 1:
         raise ValueError(f"need --steps >= 1, --drafts >= 2 and --questions >= 1; got {args.steps}, {args.drafts}, "
@@ -337,53 +339,64 @@ def run(args) -> int:
     started = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print("[1/5] demo policy (SmolLM2-135M-Instruct as Qwen2)", file=sys.stderr)
+    k, nq = args.drafts, args.questions
+    print("[1/6] demo policy (SmolLM2-135M-Instruct as Qwen2)", file=sys.stderr)
     policy = demo_model_dir()
-    print("[2/5] demo task train split -> verl data", file=sys.stderr)
+    print("[2/6] demo task train split -> verl data", file=sys.stderr)
     data = write_data(out)
-    print(f"[3/5] joint GRPO + SPRM training, {args.steps} steps (verl on CPU; fresh head)", file=sys.stderr)
+    print(f"[3/6] the base policy's {k} drafts for the first {nq} test questions (HF backend; resumable) and their "
+          "step features: the validation set", file=sys.stderr)
     t0 = time.monotonic()
-    train(out, policy, data, args.steps, args.seed, list(args.overrides))
+    questions, dtype = question_file(out, nq), cpu_dtype("auto")
+    _, head_config = preset_head(policy)
+    fresh = write_initial_head(out, head_config)
+    base_drafts = out / f"drafts-base-{nq}x{k}-{dtype}.jsonl"
+    sample(prepare_model_folder(out / "base", fresh), questions, base_drafts, k, args.seed, not args.no_progress, dtype)
+    valset = validation_set(policy, base_drafts, questions, out)
+    base_s = time.monotonic() - t0
+    overrides = [*(ORIGINAL_HEAD if args.original else ()), *args.overrides]
+    print(f"[4/6] joint GRPO + SPRM training, {args.steps} steps (verl on CPU; fresh head"
+          f"{'; the original head settings' if args.original else ''})", file=sys.stderr)
+    t0 = time.monotonic()
+    train(out, policy, data, args.steps, args.seed, overrides, validation=out / VALIDATION_FILE)
     train_s = time.monotonic() - t0
-    print("[4/5] export of the last step", file=sys.stderr)
+    print("[5/6] export of the last step", file=sys.stderr)
     trained = export(out, args.steps)
-    print(f"[5/5] Best-of-{args.drafts} on the first {args.questions} test questions, before and after training "
-          "(HF backend; resumable)", file=sys.stderr)
-    from metastone.cli.demo import question_file
-
-    from metastone.serve.vllm_cpu import cpu_dtype
-
-    questions, dtype = question_file(out, args.questions), cpu_dtype("auto")
+    print(f"[6/6] the trained policy's {k} drafts on the same questions (HF backend; resumable); metrics",
+          file=sys.stderr)
     t0 = time.monotonic()
-    results = {}
-    for name, model in (("SmolLM2 before training", base_with_head(out, trained)),
-                        (f"after {args.steps} joint steps", trained)):
-        # named by the step whose head scores them (and, for "trained", whose policy wrote them)
-        drafts = out / f"drafts-{'base' if model != trained else 'trained'}-step{args.steps}-{args.questions}x{args.drafts}-{dtype}.jsonl"
-        sample(model, questions, drafts, args.drafts, args.seed, not args.no_progress, dtype)
-        results[name] = evaluate_drafts(questions, drafts, args.drafts)
-    heads = {"fresh head (step 0)": write_initial_head(out, trained), f"joint head (step {args.steps})": trained,
+    heads = {"fresh head (step 0)": fresh, f"joint head (step {args.steps})": trained,
              "offline-fitted head (shipped)": demo_head_path()}
-    base_drafts = out / f"drafts-base-step{args.steps}-{args.questions}x{args.drafts}-{dtype}.jsonl"
-    head_results = compare_heads(base_drafts, questions, policy, heads)
+    head_results = compare_heads(valset, heads)
+    trained_drafts = out / f"drafts-trained-step{args.steps}-{nq}x{k}-{dtype}.jsonl"
+    sample(trained, questions, trained_drafts, k, args.seed, not args.no_progress, dtype)
+    results = {"SmolLM2 before training": evaluate_drafts(questions, base_drafts, k),
+               f"after {args.steps} joint steps": evaluate_drafts(questions, trained_drafts, k)}
+    # the base drafts were scored by the fresh head when sampled: their SPRM row is the joint head's, read
+    # from the same drafts and features (compare_heads), as the trained policy's drafts are scored by it
+    results["SmolLM2 before training"][f"SPRM BoN@{k}"] = {"mean": head_results[f"joint head (step {args.steps})"]["bon"],
+                                                           "ci": None}
     eval_s = time.monotonic() - t0
     steps = read_step_metrics(out / "ckpt")
     plot = plot_aha(steps, out / "aha.png")
-    table = format_table(results, args.drafts) + "\n\n" + format_heads(head_results, args.drafts)
+    table = format_table(results, k) + "\n\n" + format_heads(head_results, k)
     (out / "table.md").write_text(table + "\n")
-    summary = {"steps": {str(s): {k: steps[s].get(k) for _, k, _ in STEP_COLUMNS} for s in sorted(steps)},
-               "results": results, "heads_on_base_drafts": head_results, "questions": args.questions,
-               "drafts": args.drafts,
-               "seconds": {"total": round(time.monotonic() - started), "train": round(train_s), "eval": round(eval_s)}}
+    summary = {"steps": {str(s): {key: steps[s].get(key) for _, key, _ in STEP_COLUMNS} for s in sorted(steps)},
+               "results": results, "heads_on_base_drafts": head_results, "questions": nq, "drafts": k,
+               "seed": args.seed, "original_head_settings": args.original, "overrides": list(args.overrides),
+               "seconds": {"total": round(time.monotonic() - started), "base_drafts": round(base_s),
+                           "train": round(train_s), "eval": round(eval_s)}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print()
-    print("Per step (the head's score gap and within-question AUROC on the step's own rollouts, before its update):")
+    print("Per step (rollouts: the head's score gap and within-question AUROC on the step's own rollouts, before "
+          "its update; val: the head in eval mode on the base drafts):")
     for s in sorted(steps):
         print("  " + format_step(s, steps[s]))
     print()
-    print(f"Demo test split, first {args.questions} questions x {args.drafts} drafts (accuracy %):")
+    print(f"Demo test split, first {nq} questions x {k} drafts (accuracy %):")
     print(table)
     print()
     print(f"plot: {plot}; table: {out / 'table.md'}; summary: {out / 'summary.json'}")
-    print(f"time: {time.monotonic() - started:.0f} s in all ({train_s:.0f} s training, {eval_s:.0f} s evaluation)")
+    print(f"time: {time.monotonic() - started:.0f} s in all ({base_s:.0f} s base drafts + features, {train_s:.0f} s "
+          f"training, {eval_s:.0f} s evaluation)")
     return 0

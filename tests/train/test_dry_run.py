@@ -136,7 +136,23 @@ def test_demo_preset_is_valid_and_matches_the_evaluation(tiny_model_dir, data_fi
     assert rollout.name == "hf" and rollout.calculate_log_probs and c.algorithm.rollout_correction.bypass_mode
     assert c.reward.custom_reward_function.name == "demo_compute_score" and not Demo.use_chat_template
     assert list(sprm.separators) == ["."] and sprm.think_tokens is None and sprm.hidden_size == 576
-    # one update per prompt group: the head scores each group before it trains on it
+    # the small-scale head options are on here (chosen by measurement, docs/train.md), and off in every
+    # s1_* preset, which keep the original's behaviour
+    assert c.actor_rollout_ref.actor.ppo_mini_batch_size == c.data.train_batch_size == 4
+    assert sprm.standardize_features and sprm.replay_passes > 0 and sprm.replay_groups_per_update >= 4
+    for preset in ("s1_1p5b", "s1_7b", "s1_32b", "tiny", "cpu_tiny"):
+        s1 = compose_config([f"preset={preset}", *data_files]).actor_rollout_ref.sprm
+        assert not s1.standardize_features and s1.replay_passes == 0 and s1.validation_file is None, preset
+
+
+def test_demo_train_original_settings_turn_every_option_off(data_files):
+    from metastone.cli.demo_train import ORIGINAL_HEAD
+    from metastone.train.config import SPRMTrainConfig
+    from metastone.train.launch import compose_config
+
+    c = compose_config(["preset=demo_smollm2", *data_files, *ORIGINAL_HEAD])
+    sprm = SPRMTrainConfig.from_mapping(c.actor_rollout_ref.sprm)
+    assert not sprm.standardize_features and sprm.replay_passes == 0 and sprm.lr == 2e-5
     assert c.actor_rollout_ref.actor.ppo_mini_batch_size == 1
 
 
