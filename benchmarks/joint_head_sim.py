@@ -43,6 +43,14 @@ GRID = {
     "std, 4 groups, lr 3e-4, replay 4x4 steps": (dict(lr=3e-4, standardize_features=True, replay_passes=4, replay_steps=4), 4),
     "std, 4 groups, lr 1e-4, replay 8x8 steps": (dict(lr=1e-4, standardize_features=True, replay_passes=8, replay_steps=8), 4),
     "std, 4 groups, lr 3e-4, replay 8x8 steps": (dict(lr=3e-4, standardize_features=True, replay_passes=8, replay_steps=8), 4),
+    "centered, std, 4 groups, lr 3e-4": (dict(lr=3e-4, standardize_features=True, agreement="centered"), 4),
+    "centered, std, 4 groups, lr 3e-4, replay 4x4 steps": (
+        dict(lr=3e-4, standardize_features=True, agreement="centered", replay_passes=4, replay_steps=4), 4),
+    "centered, std, 4 groups, lr 1e-4, replay 8x8 steps": (
+        dict(lr=1e-4, standardize_features=True, agreement="centered", replay_passes=8, replay_steps=8), 4),
+    "centered, std, 4 groups, lr 3e-4, replay 8x8 steps": (
+        dict(lr=3e-4, standardize_features=True, agreement="centered", replay_passes=8, replay_steps=8), 4),
+    "centered, raw, 1 group/update, lr 2e-5": (dict(lr=2e-5, agreement="centered"), 1),
 }
 
 
@@ -82,7 +90,7 @@ def simulate(train: ValidationSet, val: ValidationSet, overrides: dict, mini: in
             runtime.head.train()
             runtime.observe(feats)
             logits = torch.zeros(mask.shape).index_put((rows, cols), runtime.logits(feats))
-            loss, m = spr_loss(logits, labels, mask, pos_weight=cfg.pos_weight, count_smoothing=cfg.count_smoothing)
+            loss, m = spr_loss(logits, labels, mask, pos_weight=cfg.pos_weight, count_smoothing=cfg.count_smoothing, agreement=cfg.agreement)
             loss.backward()
             runtime.step()
             runtime.record(feats, rows, labels, groups)

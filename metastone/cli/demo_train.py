@@ -54,7 +54,8 @@ STEP_COLUMNS = (
 # --original: the original's head settings on the same budget (no small-scale option; the head lr and
 # one head update per prompt group of the earlier demo preset)
 ORIGINAL_HEAD = ("actor_rollout_ref.sprm.standardize_features=false", "actor_rollout_ref.sprm.replay_passes=0",
-                 "actor_rollout_ref.sprm.lr=2e-5", "actor_rollout_ref.actor.ppo_mini_batch_size=1")
+                 "actor_rollout_ref.sprm.agreement=sign", "actor_rollout_ref.sprm.lr=2e-5",
+                 "actor_rollout_ref.actor.ppo_mini_batch_size=1")
 VALIDATION_FILE = "val-features.safetensors"
 
 
@@ -64,7 +65,7 @@ def make_parser(subparsers):
     p = subparsers.add_parser("demo-train", help="CPU demo: joint GRPO + SPRM training of the demo model",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo-train", help="working folder (checkpoints, drafts, plot); rerun resumes")
-    p.add_argument("--steps", type=int, default=8, help="training steps (8 prompts x 8 rollouts each)")
+    p.add_argument("--steps", type=int, default=16, help="training steps (4 prompts x 8 rollouts each)")
     p.add_argument("--questions", type=int, default=50, help="first N questions of the demo test split to evaluate")
     p.add_argument("--n-drafts", "--n_drafts", "--drafts", dest="drafts", type=int, default=8, help="drafts per question in the evaluation (K >= 2)")
     p.add_argument("--seed", type=int, default=0, help="data order and sampling seed")

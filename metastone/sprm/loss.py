@@ -35,6 +35,11 @@ from metastone.sprm.aggregate import aggregate
 OUTCOME_CORRECT = 1.0
 OUTCOME_WRONG = 0.0
 OUTCOME_INVALID = -1.0
+# Which steps agree with their trajectory's outcome (Eq. 6's filter): "sign" = the step's logit is > 0
+# for a correct trajectory, < 0 for a wrong one (the original); "centered" = the same test on the logit
+# minus the mean logit of the update's steps (all ranks), so a head whose logits have all drifted to
+# one side still keeps the steps it ranks highest in correct trajectories (docs/differences.md).
+AGREEMENTS = ("sign", "centered")
 # What the SPR loss does with trajectories the grader marks invalid (truncated, no answer, unparseable):
 # "negative" trains them as wrong (the original's behaviour), "exclude" leaves them out of the loss.
 INVALID_OUTCOMES = ("negative", "exclude")
@@ -82,6 +87,7 @@ def spr_loss(
     count_smoothing: float = 1.0,
     dp_group=None,
     aggregation: str = "geomean",
+    agreement: str = "sign",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SPR loss and metrics.
 
@@ -94,6 +100,9 @@ def spr_loss(
         count_smoothing: added to the global positive and negative counts before balancing.
         dp_group: a ``torch.distributed`` process group to reduce over, or None for no collectives.
         aggregation: how the metrics aggregate step scores into trajectory scores.
+        agreement: Eq. 6's filter: ``"sign"`` (the original: logit > 0 agrees with a correct outcome) or
+            ``"centered"`` (logit minus the mean logit of all valid steps in the update, over ``dp_group``;
+            one more collective on every call).
 
     Returns:
         ``(loss, metrics)``: a scalar loss tensor and ``sprm/*`` floats: ``loss``, ``correct_score``
@@ -120,7 +129,15 @@ def spr_loss(
     correct = outcome == OUTCOME_CORRECT
     steps = step_mask.bool() & valid[:, None]
     label = correct[:, None].expand_as(steps)
-    agree = torch.where(label, logits > 0, logits < 0)
+    if agreement not in AGREEMENTS:
+        raise ValueError(f"spr_loss: agreement={agreement!r} is invalid: expected one of {', '.join(AGREEMENTS)}.")
+    threshold = 0.0
+    if agreement == "centered":
+        with torch.no_grad():
+            local_sum = torch.stack([(logits.detach() * steps).sum(), steps.sum()]).double()
+            total_sum, total_n = _all_reduce_stats(local_sum, dp_group).tolist()
+        threshold = total_sum / total_n if total_n else 0.0
+    agree = torch.where(label, logits > threshold, logits < threshold)
     kept_pos = steps & agree & label
     kept_neg = steps & agree & ~label
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from metastone.sprm import SPRMConfig
 from metastone.sprm.config import HEAD_OPTIONS
-from metastone.sprm.loss import INVALID_OUTCOMES
+from metastone.sprm.loss import AGREEMENTS, INVALID_OUTCOMES
 from metastone.sprm.steps import DEFAULT_SEPARATORS, DEFAULT_THINK_TOKENS
 
 SECTION = "actor_rollout_ref.sprm"
@@ -72,6 +72,9 @@ class SPRMTrainConfig:
         default=False, metadata={"help": "standardize step features (stats of the first steps, then frozen; folded at save)"}
     )
     standardize_steps: int = field(default=1, metadata={"help": "training steps whose features estimate the statistics"})
+    agreement: str = field(
+        default="sign", metadata={"help": "Eq. 6 filter: sign (original, logit > 0) | centered (logit > the update's mean)"}
+    )
     replay_passes: int = field(default=0, metadata={"help": "head-only passes over the replay buffer after each step"})
     replay_steps: int = field(default=4, metadata={"help": "replay buffer bound: features of the last N steps"})
     replay_groups_per_update: int = field(default=4, metadata={"help": "prompt groups per replay head update"})
@@ -116,6 +119,8 @@ class SPRMTrainConfig:
                 "head reads raw features (its standardization is folded in); set standardize_features=false to "
                 "continue training it, or init_head_path=null to start a fresh head."
             )
+        if self.agreement not in AGREEMENTS:
+            bad("agreement", f"one of {', '.join(AGREEMENTS)} (sign: the original's filter)")
         if self.invalid_outcome not in INVALID_OUTCOMES:
             bad("invalid_outcome", f"one of {', '.join(INVALID_OUTCOMES)}")
         if self.lr_scheduler_type not in SCHEDULERS:

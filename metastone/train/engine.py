@@ -219,7 +219,7 @@ class SPRMEngine(FSDPEngineWithLMHead):
             groups = data[GROUP_KEY].reshape(-1) if GROUP_KEY in data.keys() else torch.arange(mask.shape[0])
             self.sprm.record(features.detach(), rows, outcome, groups)
         loss, metrics = spr_loss(
-            step_logits, outcome, mask, pos_weight=cfg.pos_weight, count_smoothing=cfg.count_smoothing,
+            step_logits, outcome, mask, pos_weight=cfg.pos_weight, count_smoothing=cfg.count_smoothing, agreement=cfg.agreement,
             dp_group=self._sprm_group, aggregation=cfg.aggregation,
         )
         share = self._micro_batch_share(data, mask.shape[0])

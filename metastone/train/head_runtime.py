@@ -233,7 +233,7 @@ class SPRMHeadRuntime:
             step_logits = torch.zeros(shape, device=self.device).index_put((rows, cols), self.logits(feats))
             self.zero_grad()
             loss, m = spr_loss(step_logits, labels, mask, pos_weight=cfg.pos_weight,
-                               count_smoothing=cfg.count_smoothing, dp_group=self.dp_group, aggregation=cfg.aggregation)
+                               count_smoothing=cfg.count_smoothing, agreement=cfg.agreement, dp_group=self.dp_group, aggregation=cfg.aggregation)
             (cfg.loss_coef * loss).backward()
             self.step()
             losses.append(m["sprm/loss"])

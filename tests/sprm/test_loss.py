@@ -140,3 +140,25 @@ def test_bool_outcome_accepted():
     a, _ = spr_loss(logits, torch.tensor([True, False]), mask)
     b, _ = spr_loss(logits, torch.tensor(OUTCOME), mask)
     assert a.item() == b.item()
+
+
+def test_centered_agreement_filters_on_the_mean_logit():
+    """agreement="centered": the same loss with the filter's threshold at the mean logit of the steps."""
+    shift = 4.0  # a head whose logits all drifted down: the sign test keeps no positive step
+    logits, outcome, mask = make(logits=[[x - shift for x in row] for row in LOGITS])
+    _, sign = spr_loss(logits, outcome, mask)
+    assert sign["sprm/num_pos"] == 0
+    loss, centered = spr_loss(logits, outcome, mask, agreement="centered")
+    mean = sum(x - shift for row, m in zip(LOGITS, MASK) for x, k in zip(row, m) if k) / 6  # (-0.2/6) - 4
+    kept_pos = [x - shift for x in LOGITS[0][:3] if x - shift > mean]  # 2.0 and 0.5 (shifted)
+    kept_neg = [x - shift for x in LOGITS[1][:3] if x - shift < mean]  # -1.5 and -0.2 (shifted)
+    assert (centered["sprm/num_pos"], centered["sprm/num_neg"]) == (len(kept_pos), len(kept_neg)) == (2, 2)
+    pos_c, neg_c = 3, 3
+    w_pos, w_neg = 1.5 * neg_c / 6, pos_c / 6
+    expected = (w_pos * sum(softplus(-x) for x in kept_pos) + w_neg * sum(softplus(x) for x in kept_neg)) / (
+        w_pos * 2 + w_neg * 2)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # without drift the two filters agree on these logits (the mean is close to 0)
+    assert spr_loss(*make(), agreement="centered")[1]["sprm/num_pos"] == 2
+    with pytest.raises(ValueError, match="agreement='median'"):
+        spr_loss(*make(), agreement="median")

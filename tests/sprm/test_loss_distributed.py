@@ -26,7 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, empty_rank, queue):
+def _worker(rank, world, port, empty_rank, queue, agreement):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -36,7 +36,7 @@ def _worker(rank, world, port, empty_rank, queue):
         for _ in range(3):
             logits.grad = None
             loss, metrics = spr_loss(logits, torch.tensor(OUTCOMES[rank]), torch.tensor(mask, dtype=torch.bool),
-                                     dp_group=dist.group.WORLD)
+                                     dp_group=dist.group.WORLD, agreement=agreement)
             loss.backward()
         queue.put((rank, loss.item(), metrics, logits.grad.tolist()))
         # Both ranks are past every collective before either tears gloo down: a rank that destroys
@@ -53,11 +53,11 @@ def _worker(rank, world, port, empty_rank, queue):
     os._exit(0)
 
 
-def _run(empty_rank):
+def _run(empty_rank, agreement):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, empty_rank, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, empty_rank, queue, agreement)) for r in range(2)]
     for p in procs:
         p.start()
     results = {}
@@ -70,18 +70,20 @@ def _run(empty_rank):
     return results
 
 
-def _reference(empty_rank):
+def _reference(empty_rank, agreement):
     masks = [NO_STEPS if r == empty_rank else MASKS[r] for r in range(2)]
     logits = torch.tensor(LOGITS[0] + LOGITS[1], requires_grad=True)
-    loss, metrics = spr_loss(logits, torch.tensor(OUTCOMES[0] + OUTCOMES[1]), torch.tensor(masks[0] + masks[1], dtype=torch.bool))
+    loss, metrics = spr_loss(logits, torch.tensor(OUTCOMES[0] + OUTCOMES[1]), torch.tensor(masks[0] + masks[1], dtype=torch.bool),
+                             agreement=agreement)
     loss.backward()
     return loss.item(), metrics, logits.grad
 
 
-@pytest.mark.parametrize("empty_rank", [None, 1])
-def test_two_ranks_match_single_process(empty_rank):
-    results = _run(empty_rank)
-    ref_loss, ref_metrics, ref_grad = _reference(empty_rank)
+@pytest.mark.parametrize("empty_rank, agreement", [(None, "sign"), (1, "sign"), (None, "centered")])
+def test_two_ranks_match_single_process(empty_rank, agreement):
+    # "centered": the mean logit the filter is centred on is the global one (both ranks' steps)
+    results = _run(empty_rank, agreement)
+    ref_loss, ref_metrics, ref_grad = _reference(empty_rank, agreement)
     assert results[0][0] == results[1][0]  # identical on both ranks
     assert results[0][0] == pytest.approx(ref_loss, rel=1e-6)
     for key in ("sprm/correct_score", "sprm/wrong_score", "sprm/kept_step_frac", "sprm/num_steps"):

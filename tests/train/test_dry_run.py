@@ -143,6 +143,7 @@ def test_demo_preset_is_valid_and_matches_the_evaluation(tiny_model_dir, data_fi
     for preset in ("s1_1p5b", "s1_7b", "s1_32b", "tiny", "cpu_tiny"):
         s1 = compose_config([f"preset={preset}", *data_files]).actor_rollout_ref.sprm
         assert not s1.standardize_features and s1.replay_passes == 0 and s1.validation_file is None, preset
+        assert s1.agreement == "sign", preset
 
 
 def test_demo_train_original_settings_turn_every_option_off(data_files):
@@ -152,7 +153,7 @@ def test_demo_train_original_settings_turn_every_option_off(data_files):
 
     c = compose_config(["preset=demo_smollm2", *data_files, *ORIGINAL_HEAD])
     sprm = SPRMTrainConfig.from_mapping(c.actor_rollout_ref.sprm)
-    assert not sprm.standardize_features and sprm.replay_passes == 0 and sprm.lr == 2e-5
+    assert not sprm.standardize_features and sprm.replay_passes == 0 and sprm.lr == 2e-5 and sprm.agreement == "sign"
     assert c.actor_rollout_ref.actor.ppo_mini_batch_size == 1
 
 
