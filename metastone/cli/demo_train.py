@@ -317,6 +317,34 @@ def main(args) -> int:
         return 1
 
 
+def base_stage(model: Path, policy: Path, questions: Path, drafts: Path, out: Path, k: int, seed: int, progress: bool,
+               dtype: str) -> None:
+    sample(model, questions, drafts, k, seed, progress, dtype)
+    validation_set(policy, drafts, questions, out)
+
+
+def _child(queue, fn, args) -> None:
+    try:
+        fn(*args)
+        queue.put(None)
+    except BaseException as exc:  # noqa: BLE001 (reported to the parent, which raises it)
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def in_child(fn, *args) -> None:
+    """``fn(*args)`` in a spawned process (its memory is freed when it ends); its error is raised here."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, args))
+    proc.start()
+    proc.join()
+    error = queue.get() if not queue.empty() else f"the process exited with code {proc.exitcode}"
+    if error is not None:
+        raise StageFailed(f"{fn.__name__}: {error}. Rerun the same command to resume.")
+
+
 def preset_head(policy: Path):
     """The preset's head options (``actor_rollout_ref.sprm``) and the ``SPRMConfig`` saved with its heads."""
     from transformers import AutoConfig
@@ -352,8 +380,13 @@ def run(args) -> int:
     _, head_config = preset_head(policy)
     fresh = write_initial_head(out, head_config)
     base_drafts = out / f"drafts-base-{nq}x{k}-{dtype}.jsonl"
-    sample(prepare_model_folder(out / "base", fresh), questions, base_drafts, k, args.seed, not args.no_progress, dtype)
-    valset = validation_set(policy, base_drafts, questions, out)
+    # in a child process: the sampling engine and the feature model give their memory back to the OS
+    # before training starts (training on 2 cores uses ~20 of 24 GB; kept in this process, they ran it out)
+    in_child(base_stage, prepare_model_folder(out / "base", fresh), policy, questions, base_drafts, out, k, args.seed,
+             not args.no_progress, dtype)
+    from metastone.train.head_validation import ValidationSet
+
+    valset = ValidationSet.load(out / VALIDATION_FILE)
     base_s = time.monotonic() - t0
     overrides = [*(ORIGINAL_HEAD if args.original else ()), *args.overrides]
     print(f"[4/6] joint GRPO + SPRM training, {args.steps} steps (verl on CPU; fresh head"
