@@ -57,6 +57,13 @@ ORIGINAL_HEAD = ("actor_rollout_ref.sprm.standardize_features=false", "actor_rol
                  "actor_rollout_ref.sprm.agreement=sign", "actor_rollout_ref.sprm.lr=2e-5",
                  "actor_rollout_ref.actor.ppo_mini_batch_size=1")
 VALIDATION_FILE = "val-features.safetensors"
+# on a CPU with native bfloat16 (the rule of `metastone demo --dtype auto`) the policy update computes in
+# bfloat16 (fp32 master weights and reductions, verl's GPU default): 2 cores, update_actor 34-44 s against
+# 72 s in fp32. The rollout stays fp32: HF generate's small decoding batches were slower in bfloat16
+# (26-30 s against 20 s a step). Elsewhere the preset's fp32 (emulated bfloat16 is slow).
+BF16_TRAINING = ("actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=bf16",)
+# drafts in flight when sampling the evaluation (HF backend): one generate call over 8 questions x 8
+EVAL_BATCH = 64
 
 
 def make_parser(subparsers):
@@ -65,7 +72,7 @@ def make_parser(subparsers):
     p = subparsers.add_parser("demo-train", help="CPU demo: joint GRPO + SPRM training of the demo model",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo-train", help="working folder (checkpoints, drafts, plot); rerun resumes")
-    p.add_argument("--steps", type=int, default=16, help="training steps (4 prompts x 8 rollouts each)")
+    p.add_argument("--steps", type=int, default=12, help="training steps (4 prompts x 8 rollouts each)")
     p.add_argument("--questions", type=int, default=50, help="first N questions of the demo test split to evaluate")
     p.add_argument("--n-drafts", "--n_drafts", "--drafts", dest="drafts", type=int, default=8, help="drafts per question in the evaluation (K >= 2)")
     p.add_argument("--seed", type=int, default=0, help="data order and sampling seed")
@@ -184,7 +191,7 @@ def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, p
     from metastone.harness.infer import infer, run_config
 
     with load_task("demo", questions) as task:
-        cfg = run_config(task, drafts_file, model, k, local=True, seed=seed, **EVAL_SAMPLING)
+        cfg = run_config(task, drafts_file, model, k, local=True, seed=seed, batch_size=EVAL_BATCH, **EVAL_SAMPLING)
         engines = EngineConfig(model_dir=str(model), backend="hf", dtype=dtype)
 
         def bar():
@@ -388,7 +395,8 @@ def run(args) -> int:
 
     valset = ValidationSet.load(out / VALIDATION_FILE)
     base_s = time.monotonic() - t0
-    overrides = [*(ORIGINAL_HEAD if args.original else ()), *args.overrides]
+    overrides = [*(BF16_TRAINING if dtype == "bfloat16" else ()), *(ORIGINAL_HEAD if args.original else ()),
+                 *args.overrides]
     print(f"[4/6] joint GRPO + SPRM training, {args.steps} steps (verl on CPU; fresh head"
           f"{'; the original head settings' if args.original else ''})", file=sys.stderr)
     t0 = time.monotonic()

@@ -58,3 +58,15 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path):
 
     assert main(["demo-train", "--out", str(tmp_path / "x"), "--drafts", "1"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def _fails(path):
+    raise ValueError(f"cannot read {path}")
+
+
+def test_a_stage_in_a_child_process_reports_its_error(tmp_path):
+    from metastone.cli.demo_train import StageFailed, in_child
+
+    in_child(print, "a child stage that succeeds")
+    with pytest.raises(StageFailed, match=r"_fails: ValueError: cannot read .*x\.jsonl\. Rerun the same command"):
+        in_child(_fails, tmp_path / "x.jsonl")
