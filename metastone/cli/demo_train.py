@@ -192,7 +192,8 @@ def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, p
 
     with load_task("demo", questions) as task:
         cfg = run_config(task, drafts_file, model, k, local=True, seed=seed, batch_size=EVAL_BATCH, **EVAL_SAMPLING)
-        engines = EngineConfig(model_dir=str(model), backend="hf", dtype=dtype)
+        # the policy scores its drafts as it decodes (the scorer's scores, tested): no second pass over them
+        engines = EngineConfig(model_dir=str(model), backend="hf", dtype=dtype, score_while_generating=True)
 
         def bar():
             from tqdm import tqdm
@@ -419,7 +420,8 @@ def run(args) -> int:
     results["SmolLM2 before training"][f"SPRM BoN@{k}"] = {"mean": head_results[f"joint head (step {args.steps})"]["bon"],
                                                            "ci": None}
     eval_s = time.monotonic() - t0
-    steps = read_step_metrics(out / "ckpt")
+    # this run's steps (a folder trained further before, then rerun with fewer --steps, keeps only these)
+    steps = {s: m for s, m in read_step_metrics(out / "ckpt").items() if s <= args.steps}
     plot = plot_aha(steps, out / "aha.png")
     table = format_table(results, k) + "\n\n" + format_heads(head_results, k)
     (out / "table.md").write_text(table + "\n")
