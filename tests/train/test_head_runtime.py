@@ -111,3 +111,44 @@ def test_replicated_head_steps_on_the_mean_gradient(tmp_path):
     for key, value in ref.head.state_dict().items():
         assert torch.equal(heads[0][key], heads[1][key]), key
         torch.testing.assert_close(heads[0][key], value)
+
+
+def _dp_options_worker(rank: int, world: int, port: int, out: str):
+    import torch.distributed as dist
+
+    from metastone.train.config import SPRMTrainConfig
+    from metastone.train.head_runtime import SPRMHeadRuntime
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cfg = SPRMTrainConfig(dropout=0.0, lr=1e-2, standardize_features=True, replay_passes=2, replay_groups_per_update=1,
+                          agreement="centered")
+    rt = SPRMHeadRuntime(cfg, 8, device="cpu", dp_group=dist.group.WORLD)
+    g = torch.Generator().manual_seed(rank)
+    # rank 0 holds 3 prompt groups, rank 1 one: rank 1 runs out of replay updates first (empty updates)
+    groups = 3 if rank == 0 else 1
+    feats = 50.0 + torch.randn(groups * 2 * 3, 8, generator=g)
+    rows = torch.arange(groups * 2).repeat_interleave(3)
+    outcome = torch.tensor([1.0, 0.0] * groups)
+    rt.observe(feats)
+    rt.logits(feats).sum().mul(0).backward()  # the inline update's collectives are the engine's; here a no-op step
+    rt.step()
+    rt.record(feats, rows, outcome, torch.arange(groups).repeat_interleave(2))
+    metrics = rt.end_step()
+    torch.save({"head": {k: v.clone() for k, v in rt.head.state_dict().items()}, "metrics": metrics,
+                "mean": rt.standardizer.mean}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_standardization_and_replay_stay_in_lockstep_over_two_ranks(tmp_path):
+    """Statistics all-reduced (identical on both ranks), replay updates padded to the larger buffer (no
+    hang), heads identical after the step."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dp_options_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert torch.equal(r0["mean"], r1["mean"])
+    assert r0["metrics"]["sprm/replay_updates"] == r1["metrics"]["sprm/replay_updates"] == 6  # 2 passes x 3 groups
+    for key in r0["head"]:
+        assert torch.equal(r0["head"][key], r1["head"][key]), key
