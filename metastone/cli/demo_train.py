@@ -272,6 +272,7 @@ def plot_aha(steps: dict[int, dict], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     xs = sorted(steps)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
@@ -291,6 +292,7 @@ def plot_aha(steps: dict[int, dict], path: Path) -> Path:
             ax.axhline(ref, color="grey", lw=0.8, ls="--")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle("Joint GRPO + SPRM on the demo task: the head learning to judge during RL")
     fig.tight_layout()
