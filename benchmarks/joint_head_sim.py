@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from metastone.sprm import spr_loss
 from metastone.train.config import SPRMTrainConfig
 from metastone.train.head_runtime import SPRMHeadRuntime
 from metastone.train.head_validation import ValidationSet, write_validation_set
@@ -90,7 +89,7 @@ def simulate(train: ValidationSet, val: ValidationSet, overrides: dict, mini: in
             runtime.head.train()
             runtime.observe(feats)
             logits = torch.zeros(mask.shape).index_put((rows, cols), runtime.logits(feats))
-            loss, m = spr_loss(logits, labels, mask, pos_weight=cfg.pos_weight, count_smoothing=cfg.count_smoothing, agreement=cfg.agreement)
+            loss, m = runtime.loss(logits, labels, mask)
             loss.backward()
             runtime.step()
             runtime.record(feats, rows, labels, groups)

@@ -229,18 +229,16 @@ def write_initial_head(out: Path, config) -> Path:
     return folder
 
 
-def validation_set(policy: Path, drafts_file: Path, questions: Path, out: Path):
-    """The base drafts' step features (base policy, float32): the training run's validation set and the
-    head comparison's input. Written once (``out/val-features.safetensors``)."""
+def validation_set(policy: Path, drafts_file: Path, questions: Path, out: Path, head):
+    """The base drafts' step features (base policy, float32) at the steps of ``head`` (the preset's
+    ``SPRMConfig``): the training run's validation set and the head comparison's input. Written once
+    (``out/val-features.safetensors``)."""
     from metastone.eval.tasks import load_task
-    from metastone.train.config import SPRMTrainConfig
     from metastone.train.head_validation import ValidationSet, write_validation_set
-    from metastone.train.launch import compose_config
 
     path = out / VALIDATION_FILE
     if path.is_file():
         return ValidationSet.load(path)
-    head = SPRMTrainConfig.from_mapping(compose_config([f"preset={PRESET}"]).actor_rollout_ref.sprm)
     with load_task("demo", questions) as task:
         examples = {e.id: e for e in task.examples}
         return write_validation_set(policy, drafts_file, lambda r: task.grade(r["response"], examples[r["question_id"]]).correct,
@@ -328,9 +326,9 @@ def main(args) -> int:
 
 
 def base_stage(model: Path, policy: Path, questions: Path, drafts: Path, out: Path, k: int, seed: int, progress: bool,
-               dtype: str) -> None:
+               dtype: str, head) -> None:
     sample(model, questions, drafts, k, seed, progress, dtype)
-    validation_set(policy, drafts, questions, out)
+    validation_set(policy, drafts, questions, out, head)
 
 
 def _child(queue, fn, args) -> None:
@@ -356,7 +354,8 @@ def in_child(fn, *args) -> None:
 
 
 def preset_head(policy: Path):
-    """The preset's head options (``actor_rollout_ref.sprm``) and the ``SPRMConfig`` saved with its heads."""
+    """The ``SPRMConfig`` of the preset's head (``actor_rollout_ref.sprm``) on ``policy``: what its heads are
+    saved with and where the validation set reads step features."""
     from transformers import AutoConfig
 
     from metastone.train.config import SPRMTrainConfig
@@ -364,7 +363,7 @@ def preset_head(policy: Path):
 
     train_cfg = SPRMTrainConfig.from_mapping(compose_config([f"preset={PRESET}"]).actor_rollout_ref.sprm)
     hidden = AutoConfig.from_pretrained(policy).get_text_config().hidden_size
-    return train_cfg, train_cfg.head_config(int(hidden))
+    return train_cfg.head_config(int(hidden))
 
 
 def run(args) -> int:
@@ -387,13 +386,13 @@ def run(args) -> int:
           "step features: the validation set", file=sys.stderr)
     t0 = time.monotonic()
     questions, dtype = question_file(out, nq), cpu_dtype("auto")
-    _, head_config = preset_head(policy)
+    head_config = preset_head(policy)
     fresh = write_initial_head(out, head_config)
     base_drafts = out / f"drafts-base-{nq}x{k}-{dtype}.jsonl"
     # in a child process: the sampling engine and the feature model give their memory back to the OS
     # before training starts (training on 2 cores uses ~20 of 24 GB; kept in this process, they ran it out)
     in_child(base_stage, prepare_model_folder(out / "base", fresh), policy, questions, base_drafts, out, k, args.seed,
-             not args.no_progress, dtype)
+             not args.no_progress, dtype, head_config)
     from metastone.train.head_validation import ValidationSet
 
     valset = ValidationSet.load(out / VALIDATION_FILE)

@@ -31,7 +31,7 @@ from verl.utils.device import get_device_id, get_device_name
 from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
-from metastone.sprm import OUTCOME_INVALID, resolve_step_spec, spr_loss, step_mask
+from metastone.sprm import OUTCOME_INVALID, resolve_step_spec, step_mask
 from metastone.sprm.aggregate import aggregate
 from metastone.sprm.features import backbone, layer_input_index
 from metastone.train.config import MODEL_TYPE, SECTION, SPRMTrainConfig
@@ -209,7 +209,8 @@ class SPRMEngine(FSDPEngineWithLMHead):
             features = hidden[rows, cols]
         features = scale_gradient(features.float(), cfg.backbone_grad_scale)
         self.sprm.head.train(self.mode != "eval")
-        self.sprm.observe(features)
+        if self.mode != "eval":  # training features only estimate the standardization
+            self.sprm.observe(features)
         with torch.autocast(device_type=get_device_name(), enabled=False):
             picked = self.sprm.logits(features)
         step_logits = torch.zeros(mask.shape, dtype=torch.float32, device=picked.device)
@@ -218,10 +219,7 @@ class SPRMEngine(FSDPEngineWithLMHead):
         if self.sprm.replay is not None and self.mode != "eval":
             groups = data[GROUP_KEY].reshape(-1) if GROUP_KEY in data.keys() else torch.arange(mask.shape[0])
             self.sprm.record(features.detach(), rows, outcome, groups)
-        loss, metrics = spr_loss(
-            step_logits, outcome, mask, pos_weight=cfg.pos_weight, count_smoothing=cfg.count_smoothing, agreement=cfg.agreement,
-            dp_group=self._sprm_group, aggregation=cfg.aggregation,
-        )
+        loss, metrics = self.sprm.loss(step_logits, outcome, mask)
         share = self._micro_batch_share(data, mask.shape[0])
         metrics["sprm/invalid_frac"] = float((outcome == OUTCOME_INVALID).float().mean())
         # 1 when this micro-batch had no trainer-written labels and fell back to the reward threshold

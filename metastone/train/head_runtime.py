@@ -172,6 +172,13 @@ class SPRMHeadRuntime:
             features = self.standardizer.apply(features)
         return self.head(features)
 
+    def loss(self, step_logits: torch.Tensor, outcome: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """``spr_loss`` with this run's settings (positive weight, smoothing, agreement, aggregation) over
+        the DP group: the one call of the training forward and of the replay passes."""
+        cfg = self.config
+        return spr_loss(step_logits, outcome, mask, pos_weight=cfg.pos_weight, count_smoothing=cfg.count_smoothing,
+                        agreement=cfg.agreement, dp_group=self.dp_group, aggregation=cfg.aggregation)
+
     def record(self, features: torch.Tensor, rows: torch.Tensor, outcome: torch.Tensor, groups: torch.Tensor) -> None:
         """Keep each valid trajectory's step features (``features[i]`` is step ``i``, of trajectory
         ``rows[i]``) for the replay passes; labels 1 / 0 only (invalid ones are never replayed)."""
@@ -232,8 +239,7 @@ class SPRMHeadRuntime:
                 mask[rows, cols] = True
             step_logits = torch.zeros(shape, device=self.device).index_put((rows, cols), self.logits(feats))
             self.zero_grad()
-            loss, m = spr_loss(step_logits, labels, mask, pos_weight=cfg.pos_weight,
-                               count_smoothing=cfg.count_smoothing, agreement=cfg.agreement, dp_group=self.dp_group, aggregation=cfg.aggregation)
+            loss, m = self.loss(step_logits, labels, mask)
             (cfg.loss_coef * loss).backward()
             self.step()
             losses.append(m["sprm/loss"])
