@@ -237,7 +237,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="metastone-fuzz-"))
     tokenizer = build_qwen_tokenizer("qwq")
     model = make_tiny_qwen2(work / "model", tokenizer, head_format="released", seed=1)
-    vocab = len(tokenizer)
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]  # the ids the model reads (>= the tokenizer's)
     ids = tokenizer.encode(PROMPT + RESPONSE, add_special_tokens=False)
     plen = len(tokenizer.encode(PROMPT, add_special_tokens=False))
     common = ["--model_path", str(model), "--backend", args.backend, "--dtype", "float32"]

@@ -26,11 +26,14 @@ def make_tiny_qwen2(
     head_format: str = "released",
     head_init_std: float | None = 8.0,
     max_position_embeddings: int = 4096,
+    vocab_size: int | None = None,
 ) -> Path:
     """Write a random ``Qwen2ForCausalLM`` + tokenizer + SPRM head to ``out_dir``.
 
     ``head_format``: ``released`` (``score_module.pt`` only), ``ours`` (safetensors + config), ``both``
     or ``none``. ``head_init_std`` widens the head's init so its scores spread over (0, 1).
+    ``vocab_size``: the embedding's rows (default: the tokenizer's length rounded up to 64; Qwen2's real
+    checkpoints have 152,064).
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -39,7 +42,9 @@ def make_tiny_qwen2(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    vocab = (len(tokenizer) + 63) // 64 * 64
+    vocab = vocab_size or (len(tokenizer) + 63) // 64 * 64
+    if vocab < len(tokenizer):
+        raise ValueError(f"vocab_size {vocab} is smaller than the tokenizer ({len(tokenizer)} entries).")
     config = Qwen2Config(
         vocab_size=vocab, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,

@@ -75,7 +75,7 @@ def main(args) -> int:
 
     scorer = build_scorer(args)
     app = create_score_app(scorer, lambda text: scorer.tokenizer.encode(text, add_special_tokens=False),
-                           max_len=scorer.max_len, vocab_size=len(scorer.tokenizer), api_key=resolve_api_key(args.api_key),
+                           max_len=scorer.max_len, vocab_size=scorer.vocab_size, api_key=resolve_api_key(args.api_key),
                            max_batch=args.max_batch, model_name=str(args.model_path))
     try:
         run_app(app, args.host, args.port)

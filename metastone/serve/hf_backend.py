@@ -200,6 +200,7 @@ class HFScorer:
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.max_len = getattr(hf_config, "max_position_embeddings", None)
+        self.vocab_size = self.model.get_input_embeddings().num_embeddings  # the ids the model reads (>= the tokenizer's)
         self.share_prefix = share_prefix
         self.prefix_cache = PrefixCache(int(prefix_cache_mib * 2**20)) if prefix_cache_mib > 0 else None
         self.stats = {"sequences": 0, "tokens": 0, "computed_tokens": 0}

@@ -7,6 +7,11 @@
   "all_scores", "score_positions"}]}``: scores the policy's own token ids, no re-tokenization.
 - ``GET /health``; OpenAPI at ``/openapi.json`` and ``/docs`` (importable into API tools).
 
+A trace longer than the model's context is not refused: its first ``max_len`` tokens are scored (the
+steps after them are not) and the answer says so with ``truncated: true`` and ``scored_tokens``. A
+draft the policy produced always fits as token ids, but its text, tokenized again, may not (the
+original client sends text; see docs/serving.md "Traces longer than the context").
+
 Concurrent requests are scored together (``MicroBatcher``). Bad input is a 4xx JSON error naming
 the field; out of memory is retried request by request, then a 503.
 """
@@ -37,6 +42,8 @@ class ScoreResponse(BaseModel):
     all_scores: list[float] | None = None
     token_ids: list[int] | None = None
     score_positions: list[int] | None = None
+    truncated: bool | None = Field(None, description="present (true) when only the first scored_tokens tokens fit the context")
+    scored_tokens: int | None = None
 
 
 class ScoreIdsRequest(BaseModel):
@@ -49,6 +56,8 @@ class TraceResult(BaseModel):
     value: float
     all_scores: list[float]
     score_positions: list[int]
+    truncated: bool | None = None
+    scored_tokens: int | None = None
 
 
 class ScoreIdsResponse(BaseModel):
@@ -66,7 +75,12 @@ def create_score_app(
     max_wait_s: float = 0.005,
     model_name: str = "sprm",
 ) -> FastAPI:
-    """Build the app around any backend with ``score_ids`` and a text encoder ``encode(text) -> ids``."""
+    """Build the app around any backend with ``score_ids`` and a text encoder ``encode(text) -> ids``.
+
+    ``max_len``: the backend's context (longer traces are scored on their first ``max_len`` tokens);
+    ``vocab_size``: the model's embedding size, the range of token ids it can read and emit (a padded
+    embedding is larger than the tokenizer: Qwen2's 152,064 rows for 151,665 tokenizer entries).
+    """
     app = FastAPI(title="MetaStone SPRM scorer", version="1", description=__doc__)
     auth = make_auth_dependency(api_key)
     batcher = MicroBatcher(lambda items: scorer.score_ids([i[0] for i in items], [i[1] for i in items]),
@@ -84,9 +98,11 @@ def create_score_app(
     async def score_one(ids: list[int], prompt_len: int) -> TraceScore:
         return await batcher.submit((ids, prompt_len))
 
-    def check_length(ids: list[int], field_name: str) -> None:
-        if max_len is not None and len(ids) > max_len:
-            raise bad_request(field_name, f"{len(ids)} tokens, more than the model's context of {max_len}", 413)
+    def fit(ids: list[int]) -> tuple[list[int], dict]:
+        """The part of a trace that fits the context, and the fields that say a part was left out."""
+        if max_len is None or len(ids) <= max_len:
+            return ids, {}
+        return ids[:max_len], {"truncated": True, "scored_tokens": max_len}
 
     @app.get("/health")
     async def health():
@@ -97,13 +113,14 @@ def create_score_app(
         if not req.text.strip():
             raise bad_request("text", "text is blank; nothing to score")
         ids = encode(req.text)
-        check_length(ids, "text")
-        result = await score_one(ids, 0)
+        scored, cut = fit(ids)
+        result = await score_one(scored, 0)
         if not req.return_all_scores:
-            return ScoreResponse(value=result.value)
-        return ScoreResponse(value=result.value, all_scores=result.step_scores, token_ids=ids, score_positions=result.positions)
+            return ScoreResponse(value=result.value, **cut)
+        return ScoreResponse(value=result.value, all_scores=result.step_scores, token_ids=ids,
+                             score_positions=result.positions, **cut)
 
-    @app.post("/score_ids", response_model=ScoreIdsResponse, dependencies=[Depends(auth)])
+    @app.post("/score_ids", response_model=ScoreIdsResponse, response_model_exclude_none=True, dependencies=[Depends(auth)])
     async def score_ids(req: ScoreIdsRequest):
         lens = req.prompt_lens if req.prompt_lens is not None else [0] * len(req.sequences)
         if len(lens) != len(req.sequences):
@@ -114,9 +131,11 @@ def create_score_app(
             if not 0 <= plen <= len(seq):
                 raise bad_request(f"prompt_lens[{i}]", f"{plen} outside [0, {len(seq)}]")
             if min(seq) < 0 or (vocab_size is not None and max(seq) >= vocab_size):
-                raise bad_request(f"sequences[{i}]", f"token ids must be in [0, {vocab_size}) for this model")
-            check_length(seq, f"sequences[{i}]")
-        results = await asyncio.gather(*(score_one(seq, plen) for seq, plen in zip(req.sequences, lens)))
-        return ScoreIdsResponse(results=[TraceResult(value=r.value, all_scores=r.step_scores, score_positions=r.positions) for r in results])
+                raise bad_request(f"sequences[{i}]", f"token ids must be in [0, {vocab_size}) for this model "
+                                  "(its embedding size)")
+        fitted = [fit(seq) for seq in req.sequences]
+        results = await asyncio.gather(*(score_one(seq, min(plen, len(seq))) for (seq, _), plen in zip(fitted, lens)))
+        return ScoreIdsResponse(results=[TraceResult(value=r.value, all_scores=r.step_scores, score_positions=r.positions, **cut)
+                                         for r, (_, cut) in zip(results, fitted)])
 
     return app

@@ -96,6 +96,7 @@ class VLLMScorer:
             enforce_eager=enforce_eager, **engine_kwargs,
         )
         self.max_len = self.llm.llm_engine.model_config.max_model_len
+        self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()  # the embedding's rows (>= the tokenizer's)
 
     def close(self) -> None:
         """Stop vLLM's engine processes now. Idle, they busy-poll a core; left to interpreter exit, vLLM's

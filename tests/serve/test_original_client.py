@@ -4,19 +4,35 @@ The original ``test/task.py`` applies the chat template to the question and post
 ``{"prefix_prompt", "max_tokens": 32768, "response_num", "stop": [], "temperature", "seed"}``, then
 each draft to ``/score`` ``{"text": prompt + draft}``. ``max_tokens`` is far beyond the context left
 after the prompt; the original service (vLLM's offline ``generate``) stopped at the context, so the
-drafts must come back (200) and end there, with the length finish reason.
+drafts must come back (200) and end there, with the length finish reason; their text, tokenized again,
+may be longer than the context, and is still scored (on the prefix that fits).
+
+The model here is shaped like a released one where it matters: its context is its
+``max_position_embeddings`` (no ``--max_model_len``) and its embedding is padded past the tokenizer
+(Qwen2's 152,064 rows), so the policy can emit ids the tokenizer does not know.
 """
 
 import httpx
 import pytest
 
 CONTEXT = 192  # small, so drafts reach it quickly on the tiny model
+QWEN2_VOCAB = 152064
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 
 
+@pytest.fixture(scope="module")
+def context_model(tmp_path_factory, qwq_tokenizer):
+    from metastone.assets.tiny import make_tiny_qwen2
+
+    return make_tiny_qwen2(tmp_path_factory.mktemp("ctx_model"), qwq_tokenizer, head_format="released", seed=1,
+                           max_position_embeddings=CONTEXT, vocab_size=QWEN2_VOCAB)
+
+
 @pytest.fixture(scope="module", params=["hf", pytest.param("vllm", marks=[pytest.mark.serve, pytest.mark.slow])])
-def services(request, tiny_model_dir):
+def services(request, context_model):
     from tests.serve.conftest import Server
+
+    tiny_model_dir = context_model
 
     backend = request.param
     if backend == "vllm":
@@ -25,7 +41,7 @@ def services(request, tiny_model_dir):
     started = []
     try:
         started.append(Server(["serve-policy", "--model_path", str(tiny_model_dir), "--backend", backend, "--dtype", "float32",
-                               "--max_model_len", str(CONTEXT), *eager], ready_timeout=420))
+                               *eager], ready_timeout=420))
         started.append(Server(["serve-score", "--model_path", str(tiny_model_dir), "--score_model_dim", "64", "--lang", "en",
                                "--backend", backend, "--dtype", "float32"], ready_timeout=420))
         yield backend, started[0], started[1]
@@ -34,9 +50,10 @@ def services(request, tiny_model_dir):
             server.stop()
 
 
-def test_original_generate_and_score_bodies(services, tiny_model_dir):
+def test_original_generate_and_score_bodies(services, context_model):
     from transformers import AutoTokenizer
 
+    tiny_model_dir = context_model
     backend, policy, scorer = services
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
@@ -49,6 +66,8 @@ def test_original_generate_and_score_bodies(services, tiny_model_dir):
         score = httpx.post(scorer.url + "/score", json={"text": prompt + draft}, timeout=300)
         assert score.status_code == 200, score.text
         assert 0.0 <= score.json()["value"] <= 1.0
+        retokenized = len(tokenizer.encode(prompt + draft, add_special_tokens=False))
+        assert score.json().get("truncated", False) == (retokenized > CONTEXT), (retokenized, score.json())
 
     detail = httpx.post(policy.url + "/generate", json={**body, "seed": 7, "return_token_ids": True}, timeout=600).json()
     prompt_len = len(tokenizer.encode(prompt, add_special_tokens=False))
@@ -57,6 +76,12 @@ def test_original_generate_and_score_bodies(services, tiny_model_dir):
     assert "length" in detail["finish_reasons"]
     assert all(n == CONTEXT for n, why in zip(lengths, detail["finish_reasons"]) if why == "length"), (lengths, detail["finish_reasons"])
     assert policy.tail().count("clamped to") == 1  # logged once, not per request
+    # our client scores the policy's own ids; every id below the embedding size is one the model can emit
+    ids = [[*tokenizer.encode(prompt, add_special_tokens=False), *d] for d in detail["token_ids"]]
+    ids[0][-1] = QWEN2_VOCAB - 1  # past the tokenizer (151,665 entries), inside the padded embedding
+    scored = httpx.post(scorer.url + "/score_ids", json={"sequences": ids, "prompt_lens": [prompt_len] * len(ids)}, timeout=300)
+    assert scored.status_code == 200, scored.text
+    assert all("truncated" not in r for r in scored.json()["results"])  # the policy's ids fit its context
 
     # the OpenAI route keeps the engine's validation: a request that does not fit is refused
     comp = httpx.post(policy.url + "/v1/completions", json={"model": str(tiny_model_dir), "prompt": prompt,

