@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,53 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metastone.serve.process import ServiceProcess  # noqa: E402
+
 PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n<think>\n"
 RESPONSE = "First add.\n\nThen check.\n\n</think>\nThe answer is 5."
 WRONG_VALUES = [[], {}, "x", None, True, 1.5, -1, [[-1]], ["a"], 10**30]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], log: Path, ready_timeout: float = 600.0) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = free_port()
-    exe = str(Path(sys.executable).with_name("metastone"))
-    proc = subprocess.Popen([exe, *args, "--port", str(port)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{args[0]} exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{args[0]} not healthy after {ready_timeout:.0f}s; see {log}")
-
-
-def tree_rss_mb(pid: int) -> float:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return float("nan")
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2**20
 
 
 ROUTES = ("/score", "/score_ids", "/generate", "/v1/completions")
@@ -139,7 +94,7 @@ def mutate(rng: random.Random, good: dict, main: str, numeric: list[str], vocab:
 
 
 async def fuzz_route(url: str, route: str, spec: tuple, vocab: int, n: int, clients: int, timeout_s: float,
-                     check_good, pid: int, seed: int) -> dict:
+                     check_good, service, seed: int) -> dict:
     import httpx
 
     good, main, numeric = spec
@@ -202,7 +157,7 @@ async def fuzz_route(url: str, route: str, spec: tuple, vocab: int, n: int, clie
         done = 0
         for cut in cuts:
             await asyncio.gather(*(one(*p) for p in plan[done:cut]))
-            rss.append(round(tree_rss_mb(pid), 1))
+            rss.append(round(service.rss_mb(), 1))
             done = cut
         # after the fuzz: good requests still answered correctly
         after = await asyncio.gather(*(client.post(route, json=good) for _ in range(5)))
@@ -242,18 +197,16 @@ def main() -> int:
     plen = len(tokenizer.encode(PROMPT, add_special_tokens=False))
     common = ["--model_path", str(model), "--backend", args.backend, "--dtype", "float32"]
     eager = ["--enforce_eager"] if args.backend == "vllm" else []
-    procs = []
+    services = []
     try:
-        score_proc, score_url = start(["serve-score", *common, "--max_model_len", "2048"] if args.backend == "vllm"
-                                      else ["serve-score", *common], work / "score.log")
-        procs.append(score_proc)
-        policy_proc, policy_url = start(["serve-policy", *common, "--max_model_len", str(args.context), *eager],
-                                        work / "policy.log")
-        procs.append(policy_proc)
+        services.append(ServiceProcess(["serve-score", *common, "--max_model_len", "2048"] if args.backend == "vllm"
+                                       else ["serve-score", *common], work / "score.log", ready_timeout=600))
+        services.append(ServiceProcess(["serve-policy", *common, "--max_model_len", str(args.context), *eager],
+                                       work / "policy.log", ready_timeout=600))
+        scorer, policy = services
         specs = {r: spec for r, spec in routes(str(model), ids, plen, vocab).items() if r in chosen}
-        url_of = {"/score": (score_url, score_proc), "/score_ids": (score_url, score_proc),
-                  "/generate": (policy_url, policy_proc), "/v1/completions": (policy_url, policy_proc)}
-        baseline = {r: httpx.post(url_of[r][0] + r, json=specs[r][0], timeout=300).json() for r in specs}
+        url_of = {"/score": scorer, "/score_ids": scorer, "/generate": policy, "/v1/completions": policy}
+        baseline = {r: httpx.post(url_of[r].url + r, json=specs[r][0], timeout=300).json() for r in specs}
 
         def check_good(route, out):
             ref = baseline[route]
@@ -267,22 +220,15 @@ def main() -> int:
 
         report = {"backend": args.backend, "requests_per_route": args.requests, "clients": args.clients, "routes": []}
         for i, route in enumerate(specs):
-            url, proc = url_of[route]
-            row = asyncio.run(fuzz_route(url, route, specs[route], vocab, args.requests, args.clients, args.timeout_s,
-                                         check_good, proc.pid, args.seed + i))
+            row = asyncio.run(fuzz_route(url_of[route].url, route, specs[route], vocab, args.requests, args.clients,
+                                         args.timeout_s, check_good, url_of[route], args.seed + i))
             report["routes"].append(row)
             print(json.dumps(row), flush=True)
-        for proc in procs:
-            if proc.poll() is not None:
-                report["crashed"] = True
+        if any(service.proc.poll() is not None for service in services):
+            report["crashed"] = True
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 15)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, 9)
+        for service in services:
+            service.stop()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     bad = sum(r.get("5xx", 0) + r.get("hang", 0) + r.get("good_wrong", 0) for r in report["routes"])

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import sys
 
+from metastone.engines.http import SERVICE_WAIT_S
 from metastone.serve.vllm_cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ def make_parser(subparsers):
                    help="hf backend, or vllm on CPU: the policy applies the SPRM head as it decodes, so a draft is never "
                         "run twice (same step scores as the separate scorer; docs/serving.md)")
     p.add_argument("--api_key", "--api-key", dest="api_key", default=None, help="bearer token for the services")
+    p.add_argument("--service_wait_s", "--service-wait-s", dest="service_wait_s", type=float, default=SERVICE_WAIT_S,
+                   help="servers: a request whose service is unreachable or answers 502/503/504 is sent again with "
+                        "backoff for up to this many seconds (default %(default)s), then the run stops with its "
+                        "records kept (rerun to resume)")
     p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true")
     g = p.add_argument_group("search (--strategy beam|mcts; docs/search.md); unset options take the strategy's defaults")
     g.add_argument("--strategy", choices=["bon", "beam", "mcts"], default="bon",
@@ -127,13 +132,14 @@ def engine_config(args):
                         score_api_url=args.score_api_url, api_key=args.api_key, dtype=args.dtype, device=args.device,
                         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
                         kv_cache_gib=getattr(args, "kv_cache_gib", None), head_path=getattr(args, "head_path", None),
-                        score_while_generating=getattr(args, "score_while_generating", False))
+                        score_while_generating=getattr(args, "score_while_generating", False),
+                        service_wait_s=getattr(args, "service_wait_s", SERVICE_WAIT_S))
 
 
 async def _main(args) -> int:
     from transformers import AutoTokenizer
 
-    from metastone.engines import make_engines
+    from metastone.engines import ServiceDown, make_engines
     from metastone.eval.tasks import load_task
     from metastone.harness.infer import infer_async, run_config
 
@@ -172,6 +178,9 @@ async def _main(args) -> int:
     progress = tqdm(unit=unit, disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
     try:
         stats = await infer_async(cfg, task, tokenizer, engines, progress=progress, searcher=searcher)
+    except ServiceDown as exc:
+        logger.error("stopped: %s", exc)
+        return 1
     finally:
         progress.close()
         await engines.close()

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from metastone.serve.http import DEFAULT_MAX_IN_FLIGHT
 from metastone.serve.vllm_cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ def add_arguments(p):
     p.add_argument("--chunked_prefill", "--chunked-prefill", dest="chunked_prefill", choices=["auto", "on", "off"],
                    default="auto", help="auto = off without CUDA: vllm-cpu 0.32 kills its engine on seeded requests "
                                         "whose prefill is chunked ('CPU Generator does not use offset')")
+    p.add_argument("--max_in_flight", "--max-in-flight", dest="max_in_flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
+                   help="requests held at once (waiting or running); more are answered 503 with Retry-After "
+                        "(default %(default)s)")
     p.add_argument("--api_key", "--api-key", dest="api_key", default=None,
                    help="require 'Authorization: Bearer KEY' (or set METASTONE_API_KEY)")
     p.add_argument("--engine_ready_timeout", type=float, default=1800.0, help="seconds to wait for vLLM to start")
@@ -171,7 +175,8 @@ def main(args) -> int:
 
     backend, proc = build_backend(args)
     try:
-        run_app(create_policy_app(backend, api_key=resolve_api_key(args.api_key)), args.host, args.port)
+        run_app(create_policy_app(backend, api_key=resolve_api_key(args.api_key), max_in_flight=args.max_in_flight),
+                args.host, args.port)
     finally:
         if proc is not None:
             proc.terminate()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from metastone.serve.http import DEFAULT_MAX_IN_FLIGHT
 from metastone.serve.vllm_cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ def add_arguments(p):
     p.add_argument("--gpu_memory_utilization", "--gpu-memory-utilization", dest="gpu_memory_utilization", type=float, default=None)
     add_kv_cache_argument(p)
     p.add_argument("--max_batch", "--max-batch", dest="max_batch", type=int, default=64, help="requests scored together")
+    p.add_argument("--max_in_flight", "--max-in-flight", dest="max_in_flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
+                   help="requests held at once (waiting or running); more are answered 503 with Retry-After "
+                        "(default %(default)s)")
     p.add_argument("--api_key", "--api-key", dest="api_key", default=None,
                    help="require 'Authorization: Bearer KEY' (or set METASTONE_API_KEY)")
 
@@ -76,7 +80,7 @@ def main(args) -> int:
     scorer = build_scorer(args)
     app = create_score_app(scorer, lambda text: scorer.tokenizer.encode(text, add_special_tokens=False),
                            max_len=scorer.max_len, vocab_size=scorer.vocab_size, api_key=resolve_api_key(args.api_key),
-                           max_batch=args.max_batch, model_name=str(args.model_path))
+                           max_batch=args.max_batch, model_name=str(args.model_path), max_in_flight=args.max_in_flight)
     try:
         run_app(app, args.host, args.port)
     finally:

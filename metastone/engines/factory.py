@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from metastone.engines.http import SERVICE_WAIT_S
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -21,6 +23,11 @@ class EngineConfig:
     kv_cache_gib: float | None = None  # vllm backend, per engine, CPU only (None = auto)
     head_path: str | None = None  # SPRM head folder/file (default: the model folder)
     score_while_generating: bool = False  # local backends (vllm: CPU only): the policy scores its drafts as it decodes
+    service_wait_s: float = SERVICE_WAIT_S  # servers: how long a request waits for a service that is down
+
+    def __post_init__(self):
+        if not self.service_wait_s >= 0:
+            raise ValueError(f"--service_wait_s must be >= 0 (0: stop at the first outage), got {self.service_wait_s}.")
 
 
 @dataclass
@@ -51,8 +58,8 @@ def make_engines(cfg: EngineConfig) -> Engines:
         if not cfg.response_api_urls or not cfg.score_api_url:
             raise ValueError("--backend server needs both --response_api_url (policy URLs) and --score_api_url.")
         urls = [u for u in cfg.response_api_urls if u.strip()]
-        return Engines(backend, ServerGenerator(urls, cfg.model_dir, api_key=cfg.api_key),
-                       ServerScorer(cfg.score_api_url, api_key=cfg.api_key), len(urls))
+        return Engines(backend, ServerGenerator(urls, cfg.model_dir, api_key=cfg.api_key, wait_s=cfg.service_wait_s),
+                       ServerScorer(cfg.score_api_url, api_key=cfg.api_key, wait_s=cfg.service_wait_s), len(urls))
     import torch
 
     head = {"head_path": cfg.head_path} if cfg.head_path else {}

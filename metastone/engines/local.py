@@ -7,11 +7,20 @@ import logging
 import os
 
 from metastone.engines.coalescer import Coalescer
-from metastone.engines.types import DraftRequest, GenResult, Sampling
+from metastone.engines.types import DraftRequest, GenResult, Sampling, ServiceDown
 from metastone.serve.scoring import TraceScore, check_batch
 from metastone.serve.step_scores import StepScoreCollector
 
 logger = logging.getLogger(__name__)
+
+
+def engine_died(exc: BaseException, what: str) -> ServiceDown | None:
+    """A ``ServiceDown`` naming the engine when ``exc`` says its process is gone (vLLM's ``EngineDeadError``,
+    unrecoverable: every later call fails the same way), else None (a failure of this call only)."""
+    if not any(t.__name__ == "EngineDeadError" for t in type(exc).__mro__):
+        return None
+    return ServiceDown(f"the in-process vLLM {what} engine died ({type(exc).__name__}: {exc}); its log above names the "
+                       "cause. Finished drafts are recorded: rerun the same command to resume.")
 
 
 class LocalGenerator:
@@ -114,6 +123,9 @@ class LocalGenerator:
         try:
             return await self._batcher.submit([(r, sampling) for r in requests])
         except Exception as exc:  # noqa: BLE001 - reported per draft; the runner retries each alone
+            dead = engine_died(exc, "policy")
+            if dead is not None:  # nothing to retry: the run stops (ServiceDown)
+                return [dead] * len(requests)
             logger.warning("local generation of %d drafts failed: %s", len(requests), exc)
             return [exc] * len(requests)
 
@@ -139,7 +151,13 @@ class LocalScorer:
     async def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[TraceScore]:
         # checked per call, before merging: an error names this caller's sequence index, not the merged batch's
         lens = check_batch(sequences, prompt_lens, None)
-        return await self._batcher.submit(list(zip(sequences, lens)))
+        try:
+            return await self._batcher.submit(list(zip(sequences, lens)))
+        except Exception as exc:
+            dead = engine_died(exc, "scorer")
+            if dead is not None:
+                raise dead from exc
+            raise
 
     async def close(self) -> None:
         """Stop a vLLM scorer's engine processes now (idle, they busy-poll a CPU core until exit)."""

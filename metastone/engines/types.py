@@ -10,7 +10,11 @@ from metastone.sampling import Sampling
 if TYPE_CHECKING:
     from metastone.serve.scoring import TraceScore
 
-__all__ = ["DraftRequest", "GenResult", "Sampling"]
+__all__ = ["DraftRequest", "GenResult", "Sampling", "ServiceDown"]
+
+
+class ServiceDown(RuntimeError):
+    """A service (or an in-process engine) is gone for longer than the run waits: the run stops, its records kept."""
 
 
 @dataclass

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from metastone.engines import DraftRequest
+from metastone.engines import DraftRequest, ServiceDown
 from metastone.records import DraftRecord, RecordStore, record_key
 from metastone.sampling import DEFAULT_SAMPLING as SAMPLING
 from metastone.sampling import Sampling, request_seed
@@ -191,6 +191,8 @@ async def run(cfg: RunConfig, task, tokenizer, generator, scorer, store: RecordS
         for attempt in range(cfg.max_retries + 1):
             try:
                 return await scorer.score(seqs, lens)
+            except ServiceDown:
+                raise
             except Exception as exc:  # noqa: BLE001
                 if attempt == cfg.max_retries:
                     raise
@@ -205,6 +207,8 @@ async def run(cfg: RunConfig, task, tokenizer, generator, scorer, store: RecordS
             gen_s = time.monotonic() - t0
             ok_reqs, ok_res = [], []
             for req, res in zip(batch, results):
+                if isinstance(res, ServiceDown):
+                    raise res
                 if isinstance(res, Exception):
                     req.attempts += 1
                     if req.attempts <= cfg.max_retries:
@@ -226,6 +230,8 @@ async def run(cfg: RunConfig, task, tokenizer, generator, scorer, store: RecordS
                 if todo:
                     for i, sc in zip(todo, await score_with_retry([ok_reqs[i] for i in todo], [ok_res[i] for i in todo])):
                         scores[i] = sc
+            except ServiceDown:
+                raise
             except Exception as exc:  # noqa: BLE001 - nothing recorded: a rerun regenerates these seeds
                 stats.failures += [f"{ok_reqs[i].key}: scoring failed: {exc}" for i in todo]
                 continue
@@ -244,8 +250,20 @@ async def run(cfg: RunConfig, task, tokenizer, generator, scorer, store: RecordS
                 progress.set_postfix(drafts_s=f"{stats.drafts_done / elapsed:.2f}", tok_s=f"{stats.tokens / elapsed:.0f}",
                                      questions=_questions_done(cfg, task, store))
 
-    await asyncio.gather(*(worker() for _ in range(cfg.workers)))
+    await gather_or_stop(worker() for _ in range(cfg.workers))
     return stats
+
+
+async def gather_or_stop(coroutines) -> None:
+    """Run the coroutines side by side; the first to raise cancels the others and its exception is raised
+    (not an exception group): a run stops whole, never half-running behind an error."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coro in coroutines:
+                group.create_task(coro)
+    except BaseExceptionGroup as eg:
+        first = next((e for e in eg.exceptions if isinstance(e, ServiceDown)), eg.exceptions[0])
+        raise first from None
 
 
 def _questions_done(cfg: RunConfig, task, store: RecordStore) -> str:
@@ -278,6 +296,8 @@ async def run_search_questions(cfg: RunConfig, task, tokenizer, searcher, store:
             prompt, ids = build_prompt(tokenizer, task.prompt(ex), cfg.chat_template)
             try:
                 found = await searcher(ex.id, prompt, ids)
+            except ServiceDown:
+                raise
             except Exception as exc:  # noqa: BLE001 - one question's failure is listed; a rerun retries it
                 stats.failures.append(f"{record_key(cfg.task, ex.id, 0)}: {exc}")
                 return
@@ -290,5 +310,5 @@ async def run_search_questions(cfg: RunConfig, task, tokenizer, searcher, store:
                 progress.update(1)
                 progress.set_postfix(tok_s=f"{stats.tokens / elapsed:.0f}", nodes=found["search"]["nodes_expanded"])
 
-    await asyncio.gather(*(one(ex) for ex in todo))
+    await gather_or_stop(one(ex) for ex in todo)
     return stats

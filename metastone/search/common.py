@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Sequence
 
-from metastone.engines import DraftRequest, GenResult, Sampling
+from metastone.engines import DraftRequest, GenResult, Sampling, ServiceDown
 from metastone.sampling import DEFAULT_SAMPLING as SAMPLING
 from metastone.sampling import request_seed as node_seed  # a node's seed; one-step path (d,) = draft d's
 from metastone.sprm import aggregate_list
@@ -276,6 +276,8 @@ class StepExpander:
             self.stats.generate_calls += 1
             got = await self.policy.generate([reqs[i] for i in todo], sampling)
             for i, res in zip(todo, got):
+                if isinstance(res, ServiceDown):  # the service is gone past the run's wait: stop, do not retry
+                    raise res
                 results[i] = res
             todo = [i for i in todo if isinstance(results[i], Exception)]
             if not todo:
@@ -292,6 +294,8 @@ class StepExpander:
             self.stats.score_calls += 1
             try:
                 return await self.scorer.score(sequences, prompt_lens)
+            except ServiceDown:
+                raise
             except Exception as exc:  # noqa: BLE001 - retried; the generated tokens are kept
                 if attempt == self.cfg.max_retries:
                     raise SearchError(f"question {self.q.id}: scoring failed after {attempt} retries: {exc}") from exc

@@ -12,6 +12,8 @@
   started as a subprocess on a loopback port and reached through this app; with ``--backend hf``
   ``/v1/completions`` is answered here by ``HFPolicy`` (token-id or text prompts, ``n``, ``seed``).
 - ``GET /health``; OpenAPI at ``/openapi.json`` and ``/docs``.
+- Under load: at most ``max_in_flight`` requests held, more get 503 + ``Retry-After``; a request whose
+  client left is cancelled (``serve/http.py`` ``LoadGuard``).
 - Scoring while generating (``serve-policy --score_while_generating``): a ``/v1/completions`` choice also
   carries ``"sprm": {"value", "all_scores", "score_positions"}`` (the ``/score`` contract, positions in
   prompt + draft tokens), taken as the policy decoded (``serve/step_scores.py``): with ``--backend hf``
@@ -32,7 +34,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from metastone.serve.http import bad_request, make_auth_dependency
+from metastone.serve.http import DEFAULT_MAX_IN_FLIGHT, add_load_guard, bad_request, make_auth_dependency
 from metastone.serve.cpu_sampling import SETTINGS, split_sampling, valid_setting
 
 logger = logging.getLogger(__name__)
@@ -281,9 +283,10 @@ def _sampling_to_xargs(content: bytes) -> bytes:
     return json.dumps(body).encode()
 
 
-def create_policy_app(backend, *, api_key: str | None = None) -> FastAPI:
+def create_policy_app(backend, *, api_key: str | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> FastAPI:
     app = FastAPI(title="MetaStone policy", version="1", description=__doc__)
     auth = make_auth_dependency(api_key)
+    load = add_load_guard(app, max_in_flight)
     clamp_logged = False
 
     @app.exception_handler(ValueError)
@@ -299,7 +302,7 @@ def create_policy_app(backend, *, api_key: str | None = None) -> FastAPI:
                 ok = False
             if not ok:
                 return JSONResponse(status_code=503, content={"status": "engine not ready"})
-        return {"status": "ok", "backend": backend.name, "model": backend.model_name}
+        return {"status": "ok", "backend": backend.name, "model": backend.model_name, **load.as_dict()}
 
     @app.post("/generate", dependencies=[Depends(auth)])
     async def generate(req: GenerateRequest):

@@ -12,8 +12,10 @@ steps after them are not) and the answer says so with ``truncated: true`` and ``
 draft the policy produced always fits as token ids, but its text, tokenized again, may not (the
 original client sends text; see docs/serving.md "Traces longer than the context").
 
-Concurrent requests are scored together (``MicroBatcher``). Bad input is a 4xx JSON error naming
-the field; out of memory is retried request by request, then a 503.
+Concurrent requests are scored together (``MicroBatcher``); at most ``max_in_flight`` are held, more
+get 503 + ``Retry-After``, and a request whose client left is never scored (``serve/http.py``
+``LoadGuard``). Bad input is a 4xx JSON error naming the field; out of memory is retried request by
+request, then a 413 (that input alone does not fit).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from metastone.serve.http import MicroBatcher, ServiceUnavailable, bad_request, make_auth_dependency
+from metastone.serve.http import (DEFAULT_MAX_IN_FLIGHT, MicroBatcher, ServiceUnavailable, add_load_guard, bad_request,
+                                  make_auth_dependency)
 from metastone.serve.scoring import Scorer, TraceScore
 
 logger = logging.getLogger(__name__)
@@ -74,6 +77,7 @@ def create_score_app(
     max_batch: int = 64,
     max_wait_s: float = 0.005,
     model_name: str = "sprm",
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
 ) -> FastAPI:
     """Build the app around any backend with ``score_ids`` and a text encoder ``encode(text) -> ids``.
 
@@ -86,6 +90,7 @@ def create_score_app(
     batcher = MicroBatcher(lambda items: scorer.score_ids([i[0] for i in items], [i[1] for i in items]),
                            max_batch=max_batch, max_wait_s=max_wait_s)
     app.state.batcher = batcher
+    load = add_load_guard(app, max_in_flight)
 
     @app.exception_handler(ValueError)
     async def _bad_value(_request, exc):
@@ -93,7 +98,7 @@ def create_score_app(
 
     @app.exception_handler(ServiceUnavailable)
     async def _oom(_request, exc):
-        return JSONResponse(status_code=503, content={"detail": {"field": None, "message": str(exc)}})
+        return JSONResponse(status_code=413, content={"detail": {"field": None, "message": str(exc)}})
 
     async def score_one(ids: list[int], prompt_len: int) -> TraceScore:
         return await batcher.submit((ids, prompt_len))
@@ -106,7 +111,8 @@ def create_score_app(
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "batches_run": batcher.batches_run}
+        return {"status": "ok", "model": model_name, "batches_run": batcher.batches_run,
+                "dropped_unscored": batcher.dropped, **load.as_dict()}
 
     @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True, dependencies=[Depends(auth)])
     async def score(req: ScoreRequest):

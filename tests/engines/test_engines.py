@@ -162,3 +162,32 @@ def test_scoring_while_generating_is_refused_where_it_cannot_run():
         LocalGenerator("hf", "no/such/model", head_path="head")
     with pytest.raises(ValueError, match="--score_while_generating needs --backend vllm or hf"):
         make_engines(EngineConfig(model_dir="m", backend="server", score_while_generating=True))
+
+
+def test_a_dead_vllm_engine_is_named_and_stops_the_run_other_failures_are_per_draft():
+    """vLLM's ``EngineDeadError`` (matched by name: no vLLM import) becomes ``ServiceDown`` from both local
+    engines; any other exception stays the call's own (retried per draft by the runner)."""
+    import asyncio
+
+    from metastone.engines import LocalScorer, ServiceDown
+    from metastone.engines.local import engine_died
+
+    class EngineDeadError(RuntimeError):
+        pass
+
+    assert engine_died(ValueError("bad"), "policy") is None
+    assert "scorer engine died" in str(engine_died(EngineDeadError("gone"), "scorer"))
+
+    class Dead:
+        def score_ids(self, sequences, prompt_lens):
+            raise EngineDeadError("EngineCore encountered an issue")
+
+    with pytest.raises(ServiceDown, match="rerun the same command"):
+        asyncio.run(LocalScorer(Dead()).score([[1, 2, 3]], [1]))
+
+    class Flaky:
+        def score_ids(self, sequences, prompt_lens):
+            raise RuntimeError("transient")
+
+    with pytest.raises(RuntimeError, match="transient"):
+        asyncio.run(LocalScorer(Flaky()).score([[1, 2, 3]], [1]))

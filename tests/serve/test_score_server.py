@@ -135,7 +135,7 @@ class StubScorer:
         return [TraceScore(0.5, [0.5], [0]) for _ in sequences]
 
 
-def test_out_of_memory_retries_alone_then_503():
+def test_out_of_memory_retries_alone_then_413():
     stub = StubScorer(oom_above=1)
     app = create_score_app(stub, lambda t: [1] * len(t), max_len=1000, max_wait_s=0.05)
     with TestClient(app) as client:
@@ -143,7 +143,7 @@ def test_out_of_memory_retries_alone_then_503():
         assert ok.status_code == 200 and [r["value"] for r in ok.json()["results"]] == [0.5] * 3
         assert stub.calls[0] == 3 and stub.calls[1:] == [1, 1, 1]
         too_big = client.post("/score", json={"text": "x" * 60})
-        assert too_big.status_code == 503 and "out of memory" in too_big.text
+        assert too_big.status_code == 413 and "out of memory" in too_big.text
         assert client.post("/score", json={"text": "fine"}).status_code == 200
 
 
@@ -179,3 +179,80 @@ def test_score_model_dim_mismatch_is_an_error(tiny_model_dir, capsys):
     assert main(["serve-score", "--model_path", str(tiny_model_dir), "--score_model_dim", "1536", "--backend", "hf"]) == 2
     err = capsys.readouterr().err
     assert "1536" in err and "hidden_size 64" in err
+
+
+class SlowScorer(StubScorer):
+    """Takes ``delay_s`` per batch and counts the sequences it scored."""
+
+    def __init__(self, delay_s):
+        super().__init__()
+        self.delay_s, self.scored = delay_s, 0
+
+    def score_ids(self, sequences, prompt_lens=None):
+        import time
+
+        time.sleep(self.delay_s)
+        self.scored += len(sequences)
+        return super().score_ids(sequences, prompt_lens)
+
+
+def _serve_in_thread(app):
+    import threading
+
+    import uvicorn
+
+    from metastone.serve.process import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            import time
+
+            time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def test_load_guard_refuses_past_max_in_flight_and_drops_requests_whose_client_left():
+    """Back-pressure: with ``max_in_flight`` 4 and a slow model, 8 concurrent requests give 4 answers and 4
+    503s with ``Retry-After`` (at once, not after a wait). Cancellation: clients that time out and hang up
+    while their requests wait are never scored; ``/health`` counts both."""
+    import time
+
+    scorer = SlowScorer(delay_s=0.6)
+    server, thread, url = _serve_in_thread(create_score_app(scorer, lambda t: [1, 2], max_len=100, max_batch=1,
+                                                            max_in_flight=4))
+    try:
+        async def burst():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                return await asyncio.gather(*(client.post("/score_ids", json={"sequences": [[1, 2, i]]}) for i in range(8)))
+
+        t0 = time.monotonic()
+        answers = asyncio.run(burst())
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [200] * 4 + [503] * 4, codes
+        busy = next(a for a in answers if a.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "max_in_flight" in busy.text
+        assert time.monotonic() - t0 < 4 * 0.6 + 1.5  # the four accepted, one batch each; refusals did not wait
+        assert httpx.get(url + "/health").json()["refused_busy"] == 4
+
+        scored_before = scorer.scored
+
+        async def leave():
+            async with httpx.AsyncClient(base_url=url, timeout=0.3) as client:
+                return await asyncio.gather(*(client.post("/score_ids", json={"sequences": [[3, i]]}) for i in range(4)),
+                                            return_exceptions=True)
+
+        assert all(isinstance(r, httpx.TimeoutException) for r in asyncio.run(leave()))
+        time.sleep(4 * 0.6 + 0.5)  # long enough for all four to have been scored had they stayed
+        health = httpx.get(url + "/health").json()
+        assert health["abandoned"] == 4 and health["in_flight"] == 0
+        assert scorer.scored - scored_before <= 1 and health["dropped_unscored"] >= 3  # only the one already running
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -201,8 +201,10 @@ def test_vllm_service_scoring_while_generating(server_factory, peaky_model):
 def test_cpu_generation_takes_top_p_and_penalty_our_way_and_samples_the_same(tiny_model_dir):
     """LocalGenerator on CPU samples top-p and the repetition penalty through our processors
     (serve/cpu_sampling.py): the same drafts as vLLM's own implementations, seed for seed; and both act
-    (top_p=1 and no penalty give other drafts)."""
+    (top_p=1 and no penalty give other drafts). Then its engine processes are killed: the next call says
+    the engine died (``ServiceDown``) at once."""
     import asyncio
+    import time
 
     import torch
 
@@ -225,6 +227,17 @@ def test_cpu_generation_takes_top_p_and_penalty_our_way_and_samples_the_same(tin
             assert gen.cpu_sampling is fast
             for i, s in enumerate(settings):
                 drafts[fast, i] = [r.token_ids for r in asyncio.run(gen.generate(reqs, s))]
+            if not fast:  # an engine whose process died stops the run, named, instead of failing every draft in turn
+                import psutil
+
+                from metastone.engines import ServiceDown
+
+                for child in psutil.Process().children(recursive=True):
+                    if child.name().startswith("VLLM::"):
+                        child.kill()
+                time.sleep(1.0)
+                dead = asyncio.run(gen.generate(reqs, settings[0]))
+                assert all(isinstance(d, ServiceDown) and "policy engine died" in str(d) for d in dead), dead
         finally:
             asyncio.run(gen.close())
     for i, s in enumerate(settings):
