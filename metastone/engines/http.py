@@ -102,9 +102,14 @@ class ServerGenerator:
         if not urls:
             raise ValueError("--response_api_url: give at least one policy URL.")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.clients = [httpx.AsyncClient(base_url=base_url(u), timeout=timeout_s, headers=headers) for u in urls]
-        self.services = [ServiceWaiter("policy service", c, wait_s) for c in self.clients]
-        self._next = itertools.cycle(range(len(self.clients)))
+        by_url: dict[str, ServiceWaiter] = {}  # URLs naming the same service share its client (and its outages)
+        for u in map(base_url, urls):
+            if u not in by_url:
+                by_url[u] = ServiceWaiter("policy service", httpx.AsyncClient(base_url=u, timeout=timeout_s, headers=headers),
+                                          wait_s)
+        self.services = [by_url[base_url(u)] for u in urls]  # round-robin over the URLs as given
+        self.clients = [w.client for w in by_url.values()]
+        self._next = itertools.cycle(range(len(self.services)))
         self.model = model
 
     async def _one(self, req: DraftRequest, sampling: Sampling) -> GenResult:

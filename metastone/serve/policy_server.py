@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 import time
 import uuid
 from typing import Any, Protocol
@@ -100,6 +101,8 @@ class HFPolicyBackend:
         """``step_scores``: a ``StepScoreCollector`` when ``policy`` has the head attached (``attach_head``)."""
         self.policy, self.model_name, self.step_scores = policy, model_name, step_scores
         self._lock = asyncio.Lock()
+        # one dedicated thread (each thread of a pool would grow its own malloc arena to its largest batch)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-policy")
 
     async def prompt_tokens_and_context(self, prompt: str) -> tuple[int, int | None]:
         return len(self.policy.encode(prompt)), self.policy.max_len
@@ -115,8 +118,9 @@ class HFPolicyBackend:
         sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop),
                             repetition_penalty=repetition_penalty, stop_token_ids=tuple(stop_token_ids or ())).check()
         seeds = [seed + i if seed is not None else None for i in range(n)]
-        async with self._lock:
-            drafts = await asyncio.to_thread(self.policy.generate, [ids] * n, seeds, sampling)
+        async with self._lock:  # one request at a time: a draft never depends on another request's
+            drafts = await asyncio.get_running_loop().run_in_executor(self._thread, self.policy.generate, [ids] * n,
+                                                                       seeds, sampling)
         choices = []
         for i, d in enumerate(drafts):
             choice = {"index": i, "text": d.text, "finish_reason": d.finish_reason, "stop_reason": d.stop_reason, "logprobs": None}

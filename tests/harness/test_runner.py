@@ -176,29 +176,6 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tiny_model_dir, demo_fil
     assert sorted(got, key=lambda r: r["key"]) == sorted(want, key=lambda r: r["key"])
 
 
-@pytest.mark.slow
-def test_server_mode_equals_in_process(tiny_model_dir, demo_file, tmp_path, server_factory):
-    """Drafts spread over two policy URLs and scored by the service equal the in-process run."""
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    policy = server_factory(["serve-policy", "--model_path", str(tiny_model_dir), "--backend", "hf", "--dtype", "float32"])
-    scorer = server_factory(["serve-score", "--model_path", str(tiny_model_dir), "--backend", "hf", "--dtype", "float32"])
-    local, served = tmp_path / "local.jsonl", tmp_path / "served.jsonl"
-    subprocess.run(_infer_cmd(tiny_model_dir, demo_file, local), cwd=root, env=env, check=True, capture_output=True, timeout=600)
-    cmd = _infer_cmd(tiny_model_dir, demo_file, served)
-    cmd[cmd.index("--backend") + 1] = "server"
-    cmd += ["--response_api_url", f"{policy.url}/generate,{policy.url}", "--score_api_url", f"{scorer.url}/score"]
-    subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, timeout=600)
-    got, want = _contents(served), _contents(local)
-    for r in got + want:
-        r.pop("run_id")
-    key = lambda r: r["key"]  # noqa: E731
-    got, want = sorted(got, key=key), sorted(want, key=key)
-    assert [r["token_ids"] for r in got] == [r["token_ids"] for r in want]
-    for g, w in zip(got, want):
-        assert g["score_positions"] == w["score_positions"] and g["score"] == pytest.approx(w["score"], abs=1e-6)
-
-
 def test_drafts_scored_while_generating_skip_the_scorer(tmp_path):
     """A generator that returns a draft's score (``score_while_generating``) has it recorded as is; only the
     drafts that come back without one go to the scorer."""

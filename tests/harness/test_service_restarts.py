@@ -1,6 +1,7 @@
 """A run outlives its services: the clients wait through an outage (backoff, one log line per outage), and
 ``test/inference.py`` finishes when the policy service and then the score service are killed and restarted
-mid-run, every draft recorded once and equal to an uninterrupted run's."""
+mid-run, every draft recorded once and equal to an uninterrupted run's (HF: the in-process run, so served
+equals in-process too)."""
 
 import asyncio
 import json
@@ -126,14 +127,20 @@ def test_inference_py_survives_both_services_killed_and_restarted(backend, tiny_
     scorer.ready()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
-    def cmd(out):
-        return [sys.executable, "test/inference.py", "--task", "demo", "--input_file", str(demo4), "--output_file",
-                str(out), "--n_samples", "2", "--branch", "4", "--model_dir", str(tiny_model_dir), "--max_tokens", "24",
-                "--temperature", "1.0", "--batch_size", "2", "--workers", "4", "--no_progress",
-                "--response_api_url", policy.url, "--score_api_url", scorer.url + "/score"]
+    def cmd(out, served=True):
+        run = [sys.executable, "test/inference.py", "--task", "demo", "--input_file", str(demo4), "--output_file",
+               str(out), "--n_samples", "2", "--branch", "4", "--model_dir", str(tiny_model_dir), "--max_tokens", "24",
+               "--temperature", "1.0", "--no_progress"]
+        if not served:
+            return [*run, "--backend", "hf", "--dtype", "float32"]
+        # two policy URLs in the original style (drafts round-robin over them; here one service behind both)
+        return [*run, "--batch_size", "2", "--workers", "4", "--response_api_url", f"{policy.url}/generate,{policy.url}",
+                "--score_api_url", scorer.url + "/score"]
 
+    # the reference: HF in this process (so the served run is also checked against the in-process one); vLLM:
+    # the same services, undisturbed
     ref = tmp_path / "ref.jsonl"
-    subprocess.run(cmd(ref), cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
+    subprocess.run(cmd(ref, served=backend == "vllm"), cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
     out, log = tmp_path / "faulted.jsonl", tmp_path / "faulted.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd(out), cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT)
