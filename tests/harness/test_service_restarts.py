@@ -1,7 +1,7 @@
 """A run outlives its services: the clients wait through an outage (backoff, one log line per outage), and
 ``test/inference.py`` finishes when the policy service and then the score service are killed and restarted
 mid-run, every draft recorded once and equal to an uninterrupted run's (HF: the in-process run, so served
-equals in-process too)."""
+equals in-process too; the vLLM case is in ``tests/serve/test_vllm.py``)."""
 
 import asyncio
 import json
@@ -114,22 +114,26 @@ def _wait_for_records(path: Path, n: int, proc, timeout: float = 300) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=[pytest.mark.serve])])
-def test_inference_py_survives_both_services_killed_and_restarted(backend, tiny_model_dir, demo4, tmp_path, server_factory):
-    if backend == "vllm":
-        pytest.importorskip("vllm")
-    common = ["--model_path", str(tiny_model_dir), "--backend", backend, "--dtype", "float32"]
-    extra = ["--enforce_eager", "--max_model_len", "512"] if backend == "vllm" else []
-    policy = server_factory(["serve-policy", *common, *extra], ready_timeout=420, wait=False)
-    scorer = server_factory(["serve-score", *common, *(["--max_model_len", "512"] if backend == "vllm" else [])],
-                            ready_timeout=420, wait=False)
+def test_inference_py_survives_both_services_killed_and_restarted(tiny_model_dir, demo4, tmp_path, server_factory):
+    """HF services (the vLLM ones: ``tests/serve/test_vllm.py``, on the services its other tests share)."""
+    common = ["--model_path", str(tiny_model_dir), "--backend", "hf", "--dtype", "float32"]
+    policy = server_factory(["serve-policy", *common], wait=False)
+    scorer = server_factory(["serve-score", *common], wait=False)
     policy.ready()
     scorer.ready()
+    run_through_restarts(policy, scorer, tiny_model_dir, demo4, tmp_path, in_process_reference=True)
+
+
+def run_through_restarts(policy, scorer, model_dir, data, tmp_path, *, in_process_reference: bool) -> None:
+    """``test/inference.py`` against ``policy`` and ``scorer`` (running): the policy service is ``kill -9``'d after
+    4 records and restarted on its port, the score service 4 records later; the run must exit 0 with every
+    draft once, equal to the reference run (``in_process_reference``: HF in this process, else the same services
+    undisturbed), and log one "down" line per service. Both services are running again afterwards."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def cmd(out, served=True):
-        run = [sys.executable, "test/inference.py", "--task", "demo", "--input_file", str(demo4), "--output_file",
-               str(out), "--n_samples", "2", "--branch", "4", "--model_dir", str(tiny_model_dir), "--max_tokens", "24",
+        run = [sys.executable, "test/inference.py", "--task", "demo", "--input_file", str(data), "--output_file",
+               str(out), "--n_samples", "2", "--branch", "4", "--model_dir", str(model_dir), "--max_tokens", "24",
                "--temperature", "1.0", "--no_progress"]
         if not served:
             return [*run, "--backend", "hf", "--dtype", "float32"]
@@ -137,10 +141,9 @@ def test_inference_py_survives_both_services_killed_and_restarted(backend, tiny_
         return [*run, "--batch_size", "2", "--workers", "4", "--response_api_url", f"{policy.url}/generate,{policy.url}",
                 "--score_api_url", scorer.url + "/score"]
 
-    # the reference: HF in this process (so the served run is also checked against the in-process one); vLLM:
-    # the same services, undisturbed
     ref = tmp_path / "ref.jsonl"
-    subprocess.run(cmd(ref, served=backend == "vllm"), cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
+    subprocess.run(cmd(ref, served=not in_process_reference), cwd=ROOT, env=env, check=True, capture_output=True,
+                   timeout=900)
     out, log = tmp_path / "faulted.jsonl", tmp_path / "faulted.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd(out), cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT)
@@ -158,9 +161,9 @@ def test_inference_py_survives_both_services_killed_and_restarted(backend, tiny_
             if proc.poll() is None:
                 proc.kill()
     text = log.read_text()
-    for name in ("policy service", "score service"):  # one line per outage, however many requests waited
-        assert text.count(f"{name} {policy.url if name == 'policy service' else scorer.url} is down") == 1, text[-3000:]
-        assert text.count(f"{name}") >= 2 and "is back after" in text
+    for name, service in (("policy service", policy), ("score service", scorer)):  # one line per outage
+        assert text.count(f"{name} {service.url} is down") == 1, text[-3000:]
+        assert f"{name} {service.url} is back after" in text
     got, want = _records(out), _records(ref)
     assert len(got) == len(want) == 4 * 8 and set(got) == set(want)
     for key, w in want.items():

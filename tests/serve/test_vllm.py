@@ -28,6 +28,26 @@ def vllm_scorer(tiny_model_dir):
         yield scorer
 
 
+@pytest.fixture(scope="module")
+def vllm_services(tiny_model_dir):
+    """Both services on vLLM, started side by side as the README starts them, shared by this module's service
+    tests (the restart test kills and restarts them; they are healthy again after it)."""
+    from tests.serve.conftest import Server
+
+    common = ["--model_path", str(tiny_model_dir), "--backend", "vllm", "--dtype", "float32"]
+    started = []
+    try:
+        started.append(Server(["serve-policy", *common, "--max_model_len", "1024", "--enforce_eager"], ready_timeout=420,
+                              wait=False))
+        started.append(Server(["serve-score", *common, "--max_model_len", "2048"], ready_timeout=420, wait=False))
+        for server in started:
+            server.ready()
+        yield started[0], started[1]
+    finally:
+        for server in started:
+            server.stop()
+
+
 def _assert_same(a, b, tol=1e-5):
     for x, y in zip(a, b):
         assert x.positions == y.positions
@@ -126,9 +146,8 @@ def test_llama_shaped_model(tmp_path, qwq_tokenizer):
         _assert_same(v.score_ids(seqs), hf.score_ids(seqs))
 
 
-def test_score_service_on_vllm(server_factory, tiny_model_dir):
-    server = server_factory(["serve-score", "--model_path", str(tiny_model_dir), "--backend", "vllm", "--dtype", "float32",
-                             "--max_model_len", "2048"], ready_timeout=420)
+def test_score_service_on_vllm(vllm_services, tiny_model_dir):
+    _, server = vllm_services
     ref = HFScorer(tiny_model_dir).score_text(TEXTS[0])
     out = httpx.post(server.url + "/score", json={"text": TEXTS[0], "return_all_scores": True}, timeout=120).json()
     assert out["score_positions"] == ref["score_positions"] and out["token_ids"] == ref["token_ids"]
@@ -146,9 +165,8 @@ def test_score_service_on_vllm(server_factory, tiny_model_dir):
     assert top.status_code == 200, top.text
 
 
-def test_policy_service_on_vllm(server_factory, tiny_model_dir):
-    server = server_factory(["serve-policy", "--model_path", str(tiny_model_dir), "--backend", "vllm", "--dtype", "float32",
-                             "--max_model_len", "1024", "--enforce_eager"], ready_timeout=420)
+def test_policy_service_on_vllm(vllm_services, tiny_model_dir):
+    server, _ = vllm_services
     body = {"prefix_prompt": PROMPT, "max_tokens": 16, "response_num": 4, "temperature": 1.0, "seed": 0, "return_token_ids": True}
     a = httpx.post(server.url + "/generate", json=body, timeout=300).json()
     b = httpx.post(server.url + "/generate", json=body, timeout=300).json()
@@ -173,6 +191,14 @@ def test_policy_service_on_vllm(server_factory, tiny_model_dir):
     assert greedy.status_code == 200 and len(set(greedy.json()["results"])) == 1 and len(greedy.json()["results"]) == 3
     assert httpx.post(server.url + "/generate", json={"prefix_prompt": "", "max_tokens": 4}).status_code == 422
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_inference_py_survives_both_vllm_services_killed_and_restarted(vllm_services, tiny_model_dir, demo4, tmp_path):
+    """``tests/harness/test_service_restarts.py`` on the vLLM services: kill -9 + restart of each mid-run, every
+    draft once, equal to an undisturbed run against the same services."""
+    from tests.harness.test_service_restarts import run_through_restarts
+
+    run_through_restarts(*vllm_services, tiny_model_dir, demo4, tmp_path, in_process_reference=False)
 
 
 def test_vllm_service_scoring_while_generating(server_factory, peaky_model):
