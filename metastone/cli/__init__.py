@@ -36,9 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``pkill``, a job scheduler's stop) exit like Ctrl-C: ``finally`` blocks and exit
+    hooks run, so the engines a command started in processes of their own (in-process vLLM's EngineCore and
+    workers, the policy service's vLLM server) are stopped with it, not left running with their memory
+    (``pkill -f "metastone infer"`` used to leave ~6 GB of vLLM processes behind). Servers replace it with
+    uvicorn's own graceful shutdown while they serve."""
+    import signal
+    import threading
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    exit_cleanly_on_sigterm()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

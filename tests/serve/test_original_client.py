@@ -41,9 +41,11 @@ def services(request, context_model):
     started = []
     try:
         started.append(Server(["serve-policy", "--model_path", str(tiny_model_dir), "--backend", backend, "--dtype", "float32",
-                               *eager], ready_timeout=420))
+                               *eager], ready_timeout=420, wait=False))
         started.append(Server(["serve-score", "--model_path", str(tiny_model_dir), "--score_model_dim", "64", "--lang", "en",
-                               "--backend", backend, "--dtype", "float32"], ready_timeout=420))
+                               "--backend", backend, "--dtype", "float32"], ready_timeout=420, wait=False))
+        for server in started:  # started side by side
+            server.ready()
         yield backend, started[0], started[1]
     finally:
         for server in started:

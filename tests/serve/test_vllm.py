@@ -246,7 +246,12 @@ def test_cpu_generation_takes_top_p_and_penalty_our_way_and_samples_the_same(tin
                 Sampling(max_tokens=20, temperature=0.0, top_p=1.0, repetition_penalty=1.0),
                 Sampling(max_tokens=20, temperature=1.0, top_p=1.0, repetition_penalty=1.0)]
     drafts = {}
+    import psutil
+
+    from metastone.engines import ServiceDown
+
     for fast in (True, False):
+        others = {p.pid for p in psutil.Process().children(recursive=True)}  # engines of other tests' fixtures
         gen = LocalGenerator("vllm", str(tiny_model_dir), dtype="float32", enforce_eager=True, max_model_len=256,
                              cpu_sampling=fast)
         try:
@@ -254,12 +259,8 @@ def test_cpu_generation_takes_top_p_and_penalty_our_way_and_samples_the_same(tin
             for i, s in enumerate(settings):
                 drafts[fast, i] = [r.token_ids for r in asyncio.run(gen.generate(reqs, s))]
             if not fast:  # an engine whose process died stops the run, named, instead of failing every draft in turn
-                import psutil
-
-                from metastone.engines import ServiceDown
-
                 for child in psutil.Process().children(recursive=True):
-                    if child.name().startswith("VLLM::"):
+                    if child.name().startswith("VLLM::") and child.pid not in others:
                         child.kill()
                 time.sleep(1.0)
                 dead = asyncio.run(gen.generate(reqs, settings[0]))
@@ -318,7 +319,8 @@ def test_scoring_while_generating_gives_the_scorers_probabilities_and_the_same_d
 def test_inference_py_scoring_while_generating_records_the_scorers_step_scores(peaky_model, demo4, tmp_path):
     """``test/inference.py --backend vllm --score_while_generating``, as the README runs it, on a tiny model that
     writes the separator often: the records hold the same drafts and the same step scores (1e-5) as the run
-    scored by the separate scorer, at the same positions, and there are steps to score."""
+    scored by the separate scorer, at the same positions, and there are steps to score. The scored run is
+    first stopped by SIGTERM while its engine starts (no engine process may outlive it), then completed."""
     import json
     import os
     import subprocess
@@ -331,17 +333,20 @@ def test_inference_py_scoring_while_generating_records_the_scorers_step_scores(p
     model, sep = peaky_model
     root = Path(__file__).resolve().parents[2]
 
+    def cmd(out, *extra):
+        return [sys.executable, "test/inference.py", "--task", "demo", "--input_file", str(demo4), "--output_file",
+                str(out), "--model_dir", str(model), "--backend", "vllm", "--dtype", "float32", "--n_samples", "3",
+                "--max_tokens", "24", "--temperature", "1.0", "--max_model_len", "512", "--no_progress", *extra]
+
     def run(out, *extra):
-        cmd = [sys.executable, "test/inference.py", "--task", "demo", "--input_file", str(demo4), "--output_file",
-               str(out), "--model_dir", str(model), "--backend", "vllm", "--dtype", "float32", "--n_samples", "3",
-               "--max_tokens", "24", "--temperature", "1.0", "--max_model_len", "512", "--no_progress", *extra]
-        done = subprocess.run(cmd, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
-                              timeout=900)
+        done = subprocess.run(cmd(out, *extra), cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                              text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         return {r["key"]: r for r in map(json.loads, out.read_text().splitlines())}
 
     fused = run(tmp_path / "fused.jsonl", "--score_while_generating")
-    scored = run(tmp_path / "scored.jsonl")
+    _stopped_by_sigterm_leaves_no_engine_behind(cmd(tmp_path / "scored.jsonl"), root)
+    scored = run(tmp_path / "scored.jsonl")  # the same command then completes the stopped run
     assert sorted(fused) == sorted(scored) and len(fused) == 12
     for key, a in fused.items():
         b = scored[key]
@@ -350,3 +355,30 @@ def test_inference_py_scoring_while_generating_records_the_scorers_step_scores(p
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
         assert all(a["token_ids"][p - a["prompt_len"] + 1] in sep for p in a["score_positions"])
     assert sum(len(r["step_scores"]) for r in fused.values()) >= 6
+
+
+def _stopped_by_sigterm_leaves_no_engine_behind(command, cwd) -> None:
+    """SIGTERM to a ``test/inference.py --backend vllm`` run (``kill PID``, ``pkill``) while its engine starts:
+    it exits 143 and takes vLLM's EngineCore / worker processes with it (they used to stay, ~6 GB on the demo)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    parent, deadline = psutil.Process(proc.pid), time.monotonic() + 300
+    try:
+        while not any(c.name().startswith("VLLM::") for c in parent.children(recursive=True)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no vLLM engine process started"
+            time.sleep(0.1)
+        engines = parent.children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(engines, timeout=30)
+        assert not alive, [p.name() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
