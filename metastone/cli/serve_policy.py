@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
 
 from metastone.serve.http import DEFAULT_MAX_IN_FLIGHT
+from metastone.serve.process import free_port
 from metastone.serve.vllm_cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
@@ -60,12 +60,6 @@ def make_parser(subparsers):
     add_arguments(p)
     p.set_defaults(func=main)
     return p
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chunked_prefill_off(mode: str) -> bool:
@@ -155,7 +149,7 @@ def build_backend(args):
     from metastone.serve.policy_server import VLLMProxyBackend
 
     step_scores = StepScoreCollector(args.model_path, head, vllm=True) if fused else None
-    port = _free_port()
+    port = free_port()
     proc = start_vllm_server(args, port, step_scores)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+
+from metastone.serve.worker_thread import WorkerThread
 
 
 class Coalescer:
@@ -20,8 +21,7 @@ class Coalescer:
         self._run_batch = run_batch
         self._pending: list[tuple[list, asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
-        # one dedicated thread: each thread of a pool would grow its own malloc arena to its largest batch
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coalescer")
+        self._thread = WorkerThread("coalescer")
 
     async def submit(self, items: list) -> list:
         if not items:
@@ -40,7 +40,7 @@ class Coalescer:
                 continue
             flat = [item for items, _ in calls for item in items]
             try:
-                results = await asyncio.get_running_loop().run_in_executor(self._thread, self._run_batch, flat)
+                results = await self._thread.run(self._run_batch, flat)
             except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
                 for _, future in calls:
                     if not future.done():

@@ -3,8 +3,8 @@
 Servers bind 127.0.0.1 unless told otherwise. With an API key (``--api-key`` or the environment
 variable ``METASTONE_API_KEY``), every endpoint but ``/health`` requires ``Authorization: Bearer KEY``.
 
-Under load: a service holds at most ``--max_queue`` requests waiting for the model; one more is
-answered ``503`` with ``Retry-After`` at once (back-pressure, never unbounded memory), which the
+Under load: a service holds at most ``--max_in_flight`` requests (waiting for the model or running);
+one more is answered ``503`` with ``Retry-After`` at once (back-pressure, never unbounded memory), which the
 project's clients wait out (``metastone.engines.http``). A request whose client disconnects is
 cancelled: if it is still waiting, the model never runs it.
 """
@@ -15,12 +15,12 @@ import asyncio
 import hmac
 import logging
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from fastapi import HTTPException, Request
+
+from metastone.serve.worker_thread import WorkerThread
 
 logger = logging.getLogger(__name__)
 
@@ -71,32 +71,10 @@ def free_accelerator_memory() -> None:
         pass
 
 
-_LIBC = None
-
-
-def release_free_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere). Batches of
-    varying sizes leave the heap fragmented at its high-water mark: without this a long-running service's
-    RSS keeps creeping up (+350 MB over its first 5,000 mixed-length requests, less every round) though
-    nothing is live; with it, RSS follows what is in use."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
 class ServiceUnavailable(Exception):
     """The backend ran out of memory even for a single request (answered 413: the input is too large here)."""
 
 
-TRIM_EVERY_S = 1.0
 DEFAULT_MAX_IN_FLIGHT = 1024  # requests a service holds at once (``--max_in_flight``); more get 503 + Retry-After
 RETRY_AFTER_S = 1
 # paths never refused or counted: health checks and the API description must answer under any load
@@ -200,7 +178,8 @@ class MicroBatcher:
     """Collects concurrent requests into batches for one blocking ``fn(items) -> results`` call.
 
     The first request waits at most ``max_wait_s`` for company; a batch holds at most ``max_batch``
-    items. ``fn`` runs in a worker thread, one batch at a time. Out of memory on a batch: each item
+    items. ``fn`` runs on one dedicated thread (``WorkerThread``; free heap pages go back to the OS at most
+    once a second), one batch at a time. Out of memory on a batch: each item
     is retried alone; an item that still runs out of memory fails with ``ServiceUnavailable``
     (never a silent wrong result).
     """
@@ -211,9 +190,8 @@ class MicroBatcher:
         self.fn, self.max_batch, self.max_wait_s = fn, max_batch, max_wait_s
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="micro-batcher")
+        self._thread = WorkerThread("micro-batcher", trim_every_s=1.0)
         self.batches_run = 0
-        self._trimmed_at = 0.0
         self.dropped = 0  # items never run: their callers were cancelled (clients that disconnected) while waiting
 
     async def submit(self, item: Any) -> Any:
@@ -229,19 +207,7 @@ class MicroBatcher:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        self._thread.shutdown(wait=False)
-
-    async def _call(self, items: list) -> list:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._fn_then_trim, items)
-
-    def _fn_then_trim(self, items: list) -> list:
-        try:
-            return self.fn(items)
-        finally:
-            now = time.monotonic()
-            if now - self._trimmed_at >= TRIM_EVERY_S:  # a few ms at most; at most once a second
-                self._trimmed_at = now
-                release_free_memory()
+        self._thread.shutdown()
 
     async def _worker(self) -> None:
         assert self._queue is not None
@@ -263,7 +229,7 @@ class MicroBatcher:
     async def _run(self, batch: list[_Pending]) -> None:
         self.batches_run += 1
         try:
-            results = await self._call([p.item for p in batch])
+            results = await self._thread.run(self.fn, [p.item for p in batch])
         except Exception as exc:  # noqa: BLE001 - mapped per item below
             if not is_out_of_memory(exc):
                 for p in batch:
@@ -274,7 +240,7 @@ class MicroBatcher:
             free_accelerator_memory()
             for p in batch:
                 try:
-                    result = (await self._call([p.item]))[0]
+                    result = (await self._thread.run(self.fn, [p.item]))[0]
                 except Exception as single:  # noqa: BLE001
                     free_accelerator_memory()
                     err = ServiceUnavailable("out of memory scoring this request alone; send a shorter input") if is_out_of_memory(single) else single

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
 import time
 import uuid
 from typing import Any, Protocol
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metastone.serve.http import DEFAULT_MAX_IN_FLIGHT, add_load_guard, bad_request, make_auth_dependency
 from metastone.serve.cpu_sampling import SETTINGS, split_sampling, valid_setting
+from metastone.serve.worker_thread import WorkerThread
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ class HFPolicyBackend:
         """``step_scores``: a ``StepScoreCollector`` when ``policy`` has the head attached (``attach_head``)."""
         self.policy, self.model_name, self.step_scores = policy, model_name, step_scores
         self._lock = asyncio.Lock()
-        # one dedicated thread (each thread of a pool would grow its own malloc arena to its largest batch)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-policy")
+        self._thread = WorkerThread("hf-policy")
 
     async def prompt_tokens_and_context(self, prompt: str) -> tuple[int, int | None]:
         return len(self.policy.encode(prompt)), self.policy.max_len
@@ -119,8 +118,7 @@ class HFPolicyBackend:
                             repetition_penalty=repetition_penalty, stop_token_ids=tuple(stop_token_ids or ())).check()
         seeds = [seed + i if seed is not None else None for i in range(n)]
         async with self._lock:  # one request at a time: a draft never depends on another request's
-            drafts = await asyncio.get_running_loop().run_in_executor(self._thread, self.policy.generate, [ids] * n,
-                                                                       seeds, sampling)
+            drafts = await self._thread.run(self.policy.generate, [ids] * n, seeds, sampling)
         choices = []
         for i, d in enumerate(drafts):
             choice = {"index": i, "text": d.text, "finish_reason": d.finish_reason, "stop_reason": d.stop_reason, "logprobs": None}

@@ -1,13 +1,13 @@
 """spr_loss over a real 2-process gloo group: identical loss on both ranks, correct gradients, no hang."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from metastone.serve.process import free_port
 from metastone.sprm import spr_loss
 
 # Rank 0 and rank 1 data; the single-process reference sees both.
@@ -18,12 +18,6 @@ LOGITS = [
 MASKS = [[[1, 1, 1, 0], [1, 1, 1, 0]], [[1, 1, 1, 1], [1, 1, 1, 0]]]
 OUTCOMES = [[1.0, 0.0], [1.0, 0.0]]
 NO_STEPS = [[0, 0, 0, 0], [0, 0, 0, 0]]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world, port, empty_rank, queue, agreement):
@@ -56,7 +50,7 @@ def _worker(rank, world, port, empty_rank, queue, agreement):
 def _run(empty_rank, agreement):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, 2, port, empty_rank, queue, agreement)) for r in range(2)]
     for p in procs:
         p.start()

@@ -9,18 +9,12 @@ start a one-process gloo group, and then build the REAL ``SPRMEngine`` with ``in
 from __future__ import annotations
 
 import os
-import socket
 from functools import partial
 
 import pytest
 import torch
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from metastone.serve.process import free_port
 
 CPU_PATCHES = {
     "verl.workers.engine.fsdp.transformer_impl": ("get_device_id", "get_device_name", "device_name"),
@@ -49,7 +43,7 @@ def cpu_verl():
     created = False
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(free_port())
         dist.init_process_group("gloo", rank=0, world_size=1)
         created = True
     yield
