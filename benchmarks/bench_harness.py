@@ -1,16 +1,19 @@
-"""Harness throughput: an original-style sequential loop vs our runner, same in-process vLLM engines, one run.
+"""Harness throughput against its own engine, in-process vLLM, the same drafts and seeds, one run.
 
-(a) original style: one question at a time, ``--branch`` drafts in flight (2 by default, what one
-    original policy server gave), then one score call per draft on re-tokenized text;
-(b) ours: ``metastone.harness.runner.run`` with all drafts of all questions in flight in batches,
-    scored in batches by the token ids the policy returned;
-(c) ours with ``score_while_generating``: the same runner, the policy applies the SPRM head as it
-    decodes (``serve/step_scores.py``), no draft is run twice.
-(a) and (b) use the same two engines (vLLM policy + vLLM SPRM scorer), (c) a policy engine with the
-head attached; all use the same seeds. Prints wall time, the speed-ups and the share of time spent
-scoring: for (c) the time it took beyond (b)'s generation of the same drafts (``--no-fused`` skips (c)).
+(d) raw engine: every draft given to the policy engine in one call (``llm.generate`` of all of them),
+    no records, no scores: the speed the engine itself reaches on these drafts;
+(c) the runner (``metastone.harness.runner.run`` with ``run_config``'s vLLM defaults, what ``metastone
+    infer --backend vllm`` and ``metastone demo`` use) with ``score_while_generating``: one engine, the
+    policy applies the SPRM head as it decodes (``serve/step_scores.py``), records written per draft;
+(b) the same runner with the separate scorer (a second vLLM engine scoring by the token ids the
+    policy returned), what the original's two services do;
+(a) original style, on the first ``--original-questions`` questions: one question at a time, ``--branch``
+    drafts in flight (what one original policy server gave), one score call per draft on re-tokenized text.
 
-    .venv/bin/python benchmarks/bench_harness.py                      # demo task, SmolLM2-135M-shaped Qwen2
+The goal (docs/benchmarks.md): (c) within 1.25x of (d). Prints wall time, drafts/s, tokens/s, each
+row's time over (d)'s, and whether (b), (c) and (d) produced the same tokens for each seed.
+
+    .venv/bin/python benchmarks/bench_harness.py          # the demo model + its head, 64 demo questions x 8 drafts
     .venv/bin/python benchmarks/bench_harness.py --model DIR --questions 16 --drafts 8
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import tempfile
 import time
@@ -55,121 +59,138 @@ async def original_style(requests, generator, scorer, tokenizer, sampling, branc
                 await scorer.score([ids], [0])
 
 
+def model_folder(args, root: Path) -> Path:
+    if args.model == "demo":  # the demo's released-style folder: SmolLM2-135M-Instruct + its fitted head
+        from metastone.assets.smollm2 import demo_head_path
+        from metastone.cli.demo import prepare_model_folder
+
+        return prepare_model_folder(root, demo_head_path())
+    if args.model:
+        return Path(args.model)
+    from bench_scorer import make_default_model
+
+    return make_default_model(root)
+
+
 async def main_async(args) -> None:
     from transformers import AutoTokenizer
 
-    from metastone.eval.tasks import load_task
     from metastone.engines import LocalGenerator, LocalScorer
+    from metastone.eval.tasks import load_task
+    from metastone.harness.infer import run_config
+    from metastone.harness.runner import pending_requests, run
     from metastone.records import RecordStore
-    from metastone.harness.runner import RunConfig, pending_requests, run
+    from metastone.serve.vllm_cpu import cpu_dtype
     from metastone.serve.vllm_scorer import VLLMScorer
 
     tmp = tempfile.TemporaryDirectory()
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from bench_scorer import make_default_model
-
-        model_dir = make_default_model(Path(tmp.name))
+    root = Path(tmp.name)
+    model_dir = model_folder(args, root)
+    dtype = cpu_dtype(args.dtype)
     task = load_task(args.task)
     task.examples = task.examples[: args.questions]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    max_len = 2048
-    generator = LocalGenerator("vllm", str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=max_len)
-    scorer_a = TimedScorer(LocalScorer(VLLMScorer(model_dir, dtype=args.dtype, max_model_len=max_len)))
-    scorer_b = TimedScorer(scorer_a.inner)
-    cfg = RunConfig(task=args.task, output_file=str(Path(tmp.name) / "ours.jsonl"), drafts_per_question=args.drafts,
-                    model=model_dir.name, max_tokens=args.max_tokens, temperature=0.7, top_p=0.95, repetition_penalty=1.0,
-                    stop=tuple(task.stop), chat_template=getattr(task, "use_chat_template", True),
-                    batch_size=args.questions * args.drafts, workers=1)
-    with RecordStore(Path(tmp.name) / "warm.jsonl") as store:  # warm both engines up
-        await run(RunConfig(**{**cfg.__dict__, "output_file": str(Path(tmp.name) / "warm.jsonl"), "drafts_per_question": 1}),
-                  type(task)(task.examples[:1]), tokenizer, generator, scorer_b, store)
-    scorer_b.seconds = 0.0
-    vllm_scorer = scorer_a.inner.scorer
-    vllm_scorer.reuse_prefix = False  # (a) scores every draft by a full prefill, as the original did
-    vllm_scorer.reset_prefix_cache()
-    with RecordStore(Path(tmp.name) / "plan.jsonl") as empty:
+    engine = dict(dtype=dtype, enforce_eager=True, max_model_len=args.max_model_len)
+
+    def config(name: str):
+        given = {k: v for k, v in (("batch_size", args.batch_size), ("workers", args.workers),
+                                   ("group_by_question", args.group_by_question or None)) if v is not None}
+        return run_config(task, root / f"{name}.jsonl", model_dir, args.drafts, backend="vllm", seed=args.seed,
+                          max_tokens=args.max_tokens, temperature=0.7, top_p=0.95, repetition_penalty=1.0, **given)
+
+    cfg = config("plan")
+    with RecordStore(root / "plan.jsonl") as empty:
         requests = pending_requests(cfg, task, tokenizer, empty)
-
-    computed = {}
-    t = time.perf_counter()
-    before = vllm_scorer.stats["computed_tokens"]
-    await original_style(requests, generator, scorer_a, tokenizer, cfg.sampling, args.branch)
-    a_secs = time.perf_counter() - t
-    computed["a"] = vllm_scorer.stats["computed_tokens"] - before
-    vllm_scorer.reuse_prefix = not args.no_prefix_reuse
-    vllm_scorer.reset_prefix_cache()  # (a)'s drafts are (b)'s: nothing of them may be cached for (b)
-    before = vllm_scorer.stats["computed_tokens"]
-    t = time.perf_counter()
-    with RecordStore(cfg.output_file) as store:
-        stats = await run(cfg, task, tokenizer, generator, scorer_b, store)
-    b_secs = time.perf_counter() - t
-    computed["b"] = vllm_scorer.stats["computed_tokens"] - before
     n = len(requests)
-    print(f"\n{args.questions} questions x {args.drafts} drafts, up to {args.max_tokens} tokens, model {model_dir.name}, "
-          f"{os.cpu_count()} CPU threads, vLLM policy + vLLM SPRM scorer in one process")
-    print(f"{'harness':<58} {'seconds':>8} {'drafts/s':>9} {'scoring share':>14} {'scoring s':>9} {'scored tok/draft':>17}")
-    for key, name, secs, scorer in (("a", f"(a) original style: 1 question at a time, {args.branch} drafts in flight", a_secs, scorer_a),
-                                    ("b", "(b) metastone runner: all drafts in flight, batched scores", b_secs, scorer_b)):
-        print(f"{name:<58} {secs:>8.1f} {n / secs:>9.2f} {100 * scorer.seconds / secs:>13.1f}% {scorer.seconds:>9.1f} "
-              f"{computed[key] / n:>17.1f}")
-    print(f"speed-up (a)/(b): {a_secs / b_secs:.2f}x; generated {stats.tokens} tokens in (b)")
-    if args.no_fused:
-        return
-    await generator.close()  # (c) runs its own policy engine: the head attached, the same weights
-    fused = LocalGenerator("vllm", str(model_dir), dtype=args.dtype, enforce_eager=True, max_model_len=max_len,
-                           score_while_generating=True)
-    scorer_c = TimedScorer(scorer_a.inner)
-    with RecordStore(Path(tmp.name) / "warm_c.jsonl") as store:
-        await run(RunConfig(**{**cfg.__dict__, "output_file": str(Path(tmp.name) / "warm_c.jsonl"), "drafts_per_question": 1}),
-                  type(task)(task.examples[:1]), tokenizer, fused, scorer_c, store)
-    scorer_c.seconds = 0.0
-    before = vllm_scorer.stats["computed_tokens"]
+    rows: dict[str, tuple[str, float, dict]] = {}  # key -> (label, seconds, {key: token ids})
+
+    async def warm(generator, scorer) -> None:
+        one = type(task)(task.examples[:1])
+        warm_cfg = run_config(one, root / f"warm-{time.monotonic_ns()}.jsonl", model_dir, 2, backend="vllm",
+                              max_tokens=args.max_tokens)
+        with RecordStore(warm_cfg.output_file) as store:
+            await run(warm_cfg, one, tokenizer, generator, scorer, store)
+
+    async def runner_row(key: str, label: str, generator, scorer) -> None:
+        row_cfg = config(key)
+        t = time.perf_counter()
+        with RecordStore(row_cfg.output_file) as store:
+            stats = await run(row_cfg, task, tokenizer, generator, scorer, store)
+        secs = time.perf_counter() - t
+        assert not stats.failures, stats.failures[:3]
+        recs = [json.loads(line) for line in Path(row_cfg.output_file).read_text().splitlines()]
+        grouped = ", one question per batch" if row_cfg.group_by_question else ""
+        rows[key] = (f"{label} (batch {row_cfg.batch_size} x {row_cfg.workers} in flight{grouped})", secs,
+                     {r["key"]: r["token_ids"] for r in recs})
+
+    generator = LocalGenerator("vllm", str(model_dir), **engine)
+    scorer = TimedScorer(LocalScorer(VLLMScorer(model_dir, dtype=dtype, max_model_len=args.max_model_len)))
+    await warm(generator, scorer)
+
+    generator.llm.reset_prefix_cache()
     t = time.perf_counter()
-    with RecordStore(Path(tmp.name) / "fused.jsonl") as store:
-        stats_c = await run(RunConfig(**{**cfg.__dict__, "output_file": str(Path(tmp.name) / "fused.jsonl")}),
-                            task, tokenizer, fused, scorer_c, store)
-    c_secs = time.perf_counter() - t
+    results = await generator.generate(requests, cfg.sampling)
+    d_secs = time.perf_counter() - t
+    rows["d"] = ("(d) raw engine: all drafts in one call", d_secs, {r.key: g.token_ids for r, g in zip(requests, results)})
+
+    generator.llm.reset_prefix_cache()
+    scorer.inner.scorer.reset_prefix_cache()
+    scorer.seconds = 0.0
+    await runner_row("b", "(b) runner + separate vLLM scorer", generator, scorer)
+    b_scoring = scorer.seconds
+
+    if args.original_questions:
+        sub = [r for r in requests if r.question_id in {ex.id for ex in task.examples[: args.original_questions]}]
+        vllm_scorer = scorer.inner.scorer
+        vllm_scorer.reuse_prefix = False  # the original scored every draft by a full prefill
+        generator.llm.reset_prefix_cache()
+        vllm_scorer.reset_prefix_cache()
+        t = time.perf_counter()
+        await original_style(sub, generator, scorer, tokenizer, cfg.sampling, args.branch)
+        a_secs = time.perf_counter() - t
+        a_row = (f"(a) original style on {len(sub)} drafts: 1 question at a time, {args.branch} in flight", a_secs, len(sub))
+    await generator.close()
+    await scorer.inner.close()
+
+    fused = LocalGenerator("vllm", str(model_dir), score_while_generating=True, **engine)
+    unused = TimedScorer(None)  # every draft comes back scored; a call to the scorer would fail
+    await warm(fused, unused)
+    fused.llm.reset_prefix_cache()
+    await runner_row("c", "(c) runner, scored while generating", fused, unused)
     await fused.close()
-    b_gen = b_secs - scorer_b.seconds
-    extra = c_secs - b_gen
-    rerun = (vllm_scorer.stats["computed_tokens"] - before) / n
-    name = "(c) runner, scored while generating (no second pass)"
-    print(f"{name:<58} {c_secs:>8.1f} {n / c_secs:>9.2f} {100 * max(extra, 0) / c_secs:>13.1f}% {extra:>9.1f} {rerun:>17.1f}")
-    print(f"speed-up (a)/(c): {a_secs / c_secs:.2f}x, (b)/(c): {b_secs / c_secs:.2f}x; (c)'s scoring = its time minus (b)'s "
-          f"generation of the same drafts ({b_gen:.1f} s); generated {stats_c.tokens} tokens in (c)")
-    same = _same_scores(Path(cfg.output_file), Path(tmp.name) / "fused.jsonl")
-    print(f"(b) and (c) drafts: {same}")
 
-
-def _same_scores(path_b: Path, path_c: Path) -> str:
-    """How (c)'s records compare with (b)'s: the same tokens, and the largest step-score difference."""
-    import json
-
-    def load(path):
-        return {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
-
-    b, c = load(path_b), load(path_c)
-    same_tokens = sum(b[k]["token_ids"] == c[k]["token_ids"] for k in b if k in c)
-    diffs = [abs(x - y) for k in b if k in c and b[k]["token_ids"] == c[k]["token_ids"]
-             for x, y in zip(b[k]["step_scores"], c[k]["step_scores"])]
-    return (f"{same_tokens}/{len(b)} identical token for token; step scores of those differ by at most "
-            f"{max(diffs, default=0.0):.2e} ({len(diffs)} steps)")
+    tokens = sum(len(ids) for ids in rows["d"][2].values())
+    print(f"\n{args.questions} questions x {args.drafts} drafts = {n} drafts, <= {args.max_tokens} tokens, T 0.7, "
+          f"top-p 0.95, seed {args.seed}; model {model_dir.name} ({dtype}), {os.cpu_count()} CPU threads; "
+          f"(d) generated {tokens} tokens")
+    print(f"{'row':<78} {'seconds':>8} {'drafts/s':>9} {'tokens/s':>9} {'x (d)':>7} {'same tokens as (d)':>19}")
+    for key in ("d", "c", "b"):
+        label, secs, ids = rows[key]
+        same = sum(ids.get(k) == v for k, v in rows["d"][2].items())
+        toks = sum(len(v) for v in ids.values())
+        print(f"{label:<78} {secs:>8.1f} {n / secs:>9.2f} {toks / secs:>9.0f} {secs / d_secs:>6.2f}x {same:>12}/{n}")
+    print(f"(b) spent {b_scoring:.1f} s in scoring calls (overlapping generation)")
+    if args.original_questions:
+        label, secs, m = a_row
+        print(f"{label:<78} {secs:>8.1f} {m / secs:>9.2f} {'':>9} {(secs / m) / (d_secs / n):>6.2f}x  (per draft)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model")
+    parser.add_argument("--model", default="demo", help="'demo' (the demo model + its head), a model folder with a "
+                        "head, or '' for a SmolLM2-135M-shaped random Qwen2")
     parser.add_argument("--task", default="demo")
-    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--drafts", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--branch", type=int, default=2)
+    parser.add_argument("--original-questions", type=int, default=8, help="questions for row (a); 0 skips it")
+    parser.add_argument("--batch-size", type=int, default=None, help="the runner's batch (default: run_config's for vllm)")
+    parser.add_argument("--workers", type=int, default=None, help="the runner's batches in flight (default: run_config's)")
+    parser.add_argument("--group-by-question", action="store_true", help="batches hold one question's drafts")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--no-fused", action="store_true", help="skip (c), scoring while generating")
-    parser.add_argument("--no-prefix-reuse", action="store_true",
-                        help="(b) also scores every draft by a full prefill (the scorer before prefix reuse)")
+    parser.add_argument("--max-model-len", type=int, default=512)
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where the CPU has it natively, else float32")
     asyncio.run(main_async(parser.parse_args()))
 
 

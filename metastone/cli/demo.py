@@ -8,8 +8,9 @@ What it runs (every step is the real code path, nothing is precomputed):
    (shipped in ``metastone/assets/smollm2_sprm``; ``metastone train-sprm`` made it): the layout of a
    released MetaStone-S1 checkpoint (HF folder + head file);
 3. ``test/inference.py``'s harness, in-process vLLM (``--backend vllm``): K drafts for each
-   question of the demo task's test split, each scored by the SPRM, recorded once (rerunning
-   resumes);
+   question of the demo task's test split, each scored by the SPRM as the policy decodes it (one
+   engine; ``--separate-scorer``: a second engine scores them afterwards, as the original's score
+   service does; the same scores), recorded once (rerunning resumes);
 4. ``test/compute_metric.py``'s metrics: one table with single-draft accuracy, SPRM Best-of-2/4/8,
    majority@8, SPRM-weighted vote@8 and oracle@8, bootstrap 95% intervals over questions; the
    accuracy-vs-N plot, the step-score plot, and a step-score view of a few drafts in the terminal.
@@ -40,6 +41,9 @@ def make_parser(subparsers):
                    help="vllm backend dtype (auto: bfloat16 where the CPU has native bfloat16, else float32; "
                         "the hf backend always uses float32)")
     p.add_argument("--head", default=None, help="SPRM head folder or file (default: the shipped one)")
+    p.add_argument("--separate-scorer", "--separate_scorer", dest="separate_scorer", action="store_true",
+                   help="score the drafts with a second engine after generating them, as the original's score service "
+                        "does (default: the policy applies the head as it decodes; same scores, one engine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", "--no_progress", dest="no_progress", action="store_true")
     p.set_defaults(func=main)
@@ -160,7 +164,8 @@ def main(args) -> int:
     dtype = cpu_dtype(args.dtype) if args.backend == "vllm" else "float32"
     drafts = out / f"drafts-{args.questions}x{args.drafts}-{args.backend}-{dtype}.jsonl"
     print(f"[2/3] sampling {args.drafts} drafts for each of {args.questions} questions and scoring them "
-          f"(the test/inference.py harness, {args.backend} in-process, {dtype}; resumable)", file=sys.stderr)
+          f"(the test/inference.py harness, {args.backend} in-process, {dtype}, "
+          f"{'a separate scorer' if args.separate_scorer else 'scored while generating'}; resumable)", file=sys.stderr)
     # The demo's sampling, not the paper's defaults (metastone.sampling.Sampling): 64 tokens, temperature 0.7,
     # no repetition penalty, as the shipped head was fitted (metastone.fit.FitConfig's defaults).
     from transformers import AutoTokenizer
@@ -170,9 +175,10 @@ def main(args) -> int:
 
     t0 = time.monotonic()
     with load_task("demo", questions) as task:
-        cfg = run_config(task, drafts, model, args.drafts, local=True, seed=args.seed, max_tokens=64, temperature=0.7,
+        cfg = run_config(task, drafts, model, args.drafts, backend=args.backend, seed=args.seed, max_tokens=64, temperature=0.7,
                          top_p=0.95, repetition_penalty=1.0)
-        engines = EngineConfig(model_dir=str(model), backend=args.backend, dtype=dtype, max_model_len=512)
+        engines = EngineConfig(model_dir=str(model), backend=args.backend, dtype=dtype, max_model_len=512,
+                               score_while_generating=not args.separate_scorer)
 
         def bar():
             from tqdm import tqdm

@@ -8,7 +8,8 @@ step the real code path:
 2. the demo task's train split as verl data (``metastone.data.prepare.demo_rows``: the evaluation's
    few-shot completion prompts, drafts ending at a blank line);
 3. the base policy's K drafts for the first ``--questions`` test questions (``test/inference.py``'s
-   harness, HF backend), sampled once; their step features (base policy, float32) are the validation
+   harness: in-process vLLM of the serving environment ``.venv`` when it exists, as a subprocess, else
+   the HF backend), sampled once; their step features (base policy, float32) are the validation
    set the training run scores with the head in eval mode (``metastone.train.head_validation``), and
    the head comparison at the end reuses them;
 4. ``python -m metastone.train preset=demo_smollm2``: verl's whole GRPO loop on the CPU platform
@@ -62,7 +63,7 @@ VALIDATION_FILE = "val-features.safetensors"
 # 72 s in fp32. The rollout stays fp32: HF generate's small decoding batches were slower in bfloat16
 # (26-30 s against 20 s a step). Elsewhere the preset's fp32 (emulated bfloat16 is slow).
 BF16_TRAINING = ("actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=bf16",)
-# drafts in flight when sampling the evaluation (HF backend): one generate call over 8 questions x 8
+# drafts in flight when sampling the evaluation on the HF backend: one generate call over 8 questions x 8
 EVAL_BATCH = 64
 
 
@@ -179,11 +180,35 @@ def export(out: Path, steps: int) -> Path:
     return target
 
 
-def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, progress: bool, dtype: str) -> None:
-    """K drafts per question with the harness (HF backend; resumes a partial file).
+def serving_metastone() -> Path | None:
+    """The serving environment's ``metastone`` (``make setup-serve``: ``.venv`` beside this environment, or in
+    the working folder), or None when there is none."""
+    for root in (Path(sys.prefix).parent / ".venv", Path.cwd() / ".venv"):
+        exe = root / "bin" / "metastone"
+        if exe.is_file() and root.resolve() != Path(sys.prefix).resolve():
+            return exe
+    return None
 
-    bfloat16 where the CPU has it natively, else float32 (emulated bfloat16 is slow; the rule of
-    ``metastone demo --dtype auto``); the dtype is in the drafts file's name."""
+
+def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, progress: bool, dtype: str,
+           backend: str) -> None:
+    """K drafts per question with the harness (resumes a partial file), each scored by the policy as it decodes
+    (the scorer's scores, tested: no second pass over the drafts).
+
+    ``backend`` vllm: ``metastone infer --backend vllm`` of the serving environment, as a subprocess (this
+    environment has verl's transformers and no vLLM); hf: in this process. bfloat16 where the CPU has it
+    natively, else float32 (the rule of ``metastone demo --dtype auto``); backend and dtype are in the
+    drafts file's name."""
+    if backend == "vllm":
+        cmd = [str(serving_metastone()), "infer", "--task", "demo", "--input_file", str(questions), "--out",
+               str(drafts_file), "--model_dir", str(model), "--backend", "vllm", "--score_while_generating",
+               "--n_samples", str(k), "--seed", str(seed), "--dtype", dtype, "--max_model_len", "512",
+               *[f"--{name}={value}" for name, value in EVAL_SAMPLING.items()], *([] if progress else ["--no_progress"])]
+        proc = subprocess.run(cmd, env={name: v for name, v in os.environ.items() if name not in ("PYTHONPATH", "VIRTUAL_ENV")})
+        if proc.returncode != 0:
+            raise StageFailed(f"sampling with the serving environment failed (exit {proc.returncode}: "
+                              f"{' '.join(cmd)}); rerun the same command to finish the missing drafts.")
+        return
     from transformers import AutoTokenizer
 
     from metastone.engines import EngineConfig, make_engines
@@ -191,8 +216,7 @@ def sample(model: Path, questions: Path, drafts_file: Path, k: int, seed: int, p
     from metastone.harness.infer import infer, run_config
 
     with load_task("demo", questions) as task:
-        cfg = run_config(task, drafts_file, model, k, local=True, seed=seed, batch_size=EVAL_BATCH, **EVAL_SAMPLING)
-        # the policy scores its drafts as it decodes (the scorer's scores, tested): no second pass over them
+        cfg = run_config(task, drafts_file, model, k, backend="hf", seed=seed, batch_size=EVAL_BATCH, **EVAL_SAMPLING)
         engines = EngineConfig(model_dir=str(model), backend="hf", dtype=dtype, score_while_generating=True)
 
         def bar():
@@ -326,8 +350,8 @@ def main(args) -> int:
 
 
 def base_stage(model: Path, policy: Path, questions: Path, drafts: Path, out: Path, k: int, seed: int, progress: bool,
-               dtype: str, head) -> None:
-    sample(model, questions, drafts, k, seed, progress, dtype)
+               dtype: str, backend: str, head) -> None:
+    sample(model, questions, drafts, k, seed, progress, dtype, backend)
     validation_set(policy, drafts, questions, out, head)
 
 
@@ -382,17 +406,21 @@ def run(args) -> int:
     policy = demo_model_dir()
     print("[2/6] demo task train split -> verl data", file=sys.stderr)
     data = write_data(out)
-    print(f"[3/6] the base policy's {k} drafts for the first {nq} test questions (HF backend; resumable) and their "
-          "step features: the validation set", file=sys.stderr)
+    backend = "vllm" if serving_metastone() is not None else "hf"
+    if backend == "hf":
+        print("  no serving environment (.venv with vLLM, `make setup-serve`) beside this one: the evaluation samples "
+              "on the HF backend, several times slower", file=sys.stderr)
+    print(f"[3/6] the base policy's {k} drafts for the first {nq} test questions ({backend} backend; resumable) and "
+          "their step features: the validation set", file=sys.stderr)
     t0 = time.monotonic()
     questions, dtype = question_file(out, nq), cpu_dtype("auto")
     head_config = preset_head(policy)
     fresh = write_initial_head(out, head_config)
-    base_drafts = out / f"drafts-base-{nq}x{k}-{dtype}.jsonl"
+    base_drafts = out / f"drafts-base-{nq}x{k}-{backend}-{dtype}.jsonl"
     # in a child process: the sampling engine and the feature model give their memory back to the OS
     # before training starts (training on 2 cores uses ~20 of 24 GB; kept in this process, they ran it out)
     in_child(base_stage, prepare_model_folder(out / "base", fresh), policy, questions, base_drafts, out, k, args.seed,
-             not args.no_progress, dtype, head_config)
+             not args.no_progress, dtype, backend, head_config)
     from metastone.train.head_validation import ValidationSet
 
     valset = ValidationSet.load(out / VALIDATION_FILE)
@@ -406,14 +434,14 @@ def run(args) -> int:
     train_s = time.monotonic() - t0
     print("[5/6] export of the last step", file=sys.stderr)
     trained = export(out, args.steps)
-    print(f"[6/6] the trained policy's {k} drafts on the same questions (HF backend; resumable); metrics",
+    print(f"[6/6] the trained policy's {k} drafts on the same questions ({backend} backend; resumable); metrics",
           file=sys.stderr)
     t0 = time.monotonic()
     heads = {"fresh head (step 0)": fresh, f"joint head (step {args.steps})": trained,
              "offline-fitted head (shipped)": demo_head_path()}
     head_results = compare_heads(valset, heads)
-    trained_drafts = out / f"drafts-trained-step{args.steps}-{nq}x{k}-{dtype}.jsonl"
-    sample(trained, questions, trained_drafts, k, args.seed, not args.no_progress, dtype)
+    trained_drafts = out / f"drafts-trained-step{args.steps}-{nq}x{k}-{backend}-{dtype}.jsonl"
+    sample(trained, questions, trained_drafts, k, args.seed, not args.no_progress, dtype, backend)
     results = {"SmolLM2 before training": evaluate_drafts(questions, base_drafts, k),
                f"after {args.steps} joint steps": evaluate_drafts(questions, trained_drafts, k)}
     # the base drafts were scored by the fresh head when sampled: their SPRM row is the joint head's, read

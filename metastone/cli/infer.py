@@ -91,8 +91,8 @@ def make_parser(subparsers):
     p.add_argument("--repetition_penalty", "--repetition-penalty", dest="repetition_penalty", type=float, default=1.05)
     p.add_argument("--chat_template", "--chat-template", dest="chat_template", choices=["auto", "on", "off"], default="auto",
                    help="apply the tokenizer's chat template to the task prompt (auto: the task decides)")
-    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None, help="drafts per batch (default 16 local, 8 server)")
-    p.add_argument("--workers", type=int, default=None, help="batches in flight (default 1 local, 2 per policy URL); with --strategy beam|mcts: "
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None, help="drafts per batch (default: 128 vllm, 16 hf, 8 server; metastone.harness.infer.IN_FLIGHT)")
+    p.add_argument("--workers", type=int, default=None, help="batches in flight (default: 2 vllm, 1 hf, 2 per policy URL); with --strategy beam|mcts: "
                         "questions searched side by side (default 8 local, 2 per policy URL), whose requests local "
                         "engines merge into shared batches (--workers 1: no other question in a batch)")
     p.add_argument("--max_retries", "--max-retries", dest="max_retries", type=int, default=3)
@@ -160,7 +160,7 @@ async def _main(args) -> int:
         search = search_options(args, stop, spec.separator_ids)
     engines = make_engines(engine_config(args))
     cfg = run_config(
-        task, args.output_file, args.model_dir, args.n_samples * args.branch, local=engines.backend != "server",
+        task, args.output_file, args.model_dir, args.n_samples * args.branch, backend=engines.backend,
         n_urls=engines.n_urls, chat_template=chat, batch_size=args.batch_size, workers=args.workers,
         seed=args.seed, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, total_parts=args.total_parts, part=args.part,

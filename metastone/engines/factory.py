@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 from metastone.engines.http import SERVICE_WAIT_S
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,26 @@ class Engines:
         await self.scorer.close()
 
 
+class LazyScorer:
+    """A scorer made on its first call: with scoring while generating, the policy scores every draft and the
+    scorer (which scores what the policy did not: search paths, a draft whose step scores came back
+    incomplete) is usually never needed, so its engine is not started until it is."""
+
+    def __init__(self, make):
+        self._make, self._scorer, self._lock = make, None, asyncio.Lock()
+
+    async def score(self, sequences, prompt_lens):
+        async with self._lock:
+            if self._scorer is None:
+                logger.info("starting the separate scorer (a request the policy did not score)")
+                self._scorer = await asyncio.to_thread(self._make)
+        return await self._scorer.score(sequences, prompt_lens)
+
+    async def close(self) -> None:
+        if self._scorer is not None:
+            await self._scorer.close()
+
+
 def make_engines(cfg: EngineConfig) -> Engines:
     from metastone.engines.http import ServerGenerator, ServerScorer
     from metastone.engines.local import LocalGenerator, LocalScorer
@@ -63,20 +87,26 @@ def make_engines(cfg: EngineConfig) -> Engines:
     import torch
 
     head = {"head_path": cfg.head_path} if cfg.head_path else {}
-    # the scorer stays: it scores what the policy did not (search paths; a draft whose step scores came back incomplete)
+    # with scoring while generating the scorer is made on first use only (LazyScorer)
     fused = {"score_while_generating": True, **head} if cfg.score_while_generating else {}
     if backend == "hf":
         from metastone.serve.hf_backend import HFScorer
 
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        def hf_scorer():
+            return LocalScorer(HFScorer(cfg.model_dir, device=device, dtype=cfg.dtype, **head))
+
         return Engines(backend, LocalGenerator("hf", cfg.model_dir, dtype=cfg.dtype, device=device, **fused),
-                       LocalScorer(HFScorer(cfg.model_dir, device=device, dtype=cfg.dtype, **head)))
+                       LazyScorer(hf_scorer) if fused else hf_scorer())
     from metastone.serve.vllm_scorer import VLLMScorer
 
     kw = {"max_model_len": cfg.max_model_len} if cfg.max_model_len else {}
     if torch.cuda.is_available():
         kw["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     kv = {"kv_cache_gib": cfg.kv_cache_gib}  # per engine, CPU only
+    def vllm_scorer():
+        return LocalScorer(VLLMScorer(cfg.model_dir, dtype=cfg.dtype, **kw, **kv, **head))
+
     return Engines(backend, LocalGenerator("vllm", cfg.model_dir, dtype=cfg.dtype, enforce_eager=not torch.cuda.is_available(),
                                            **kw, **kv, **fused),
-                   LocalScorer(VLLMScorer(cfg.model_dir, dtype=cfg.dtype, **kw, **kv, **head)))
+                   LazyScorer(vllm_scorer) if fused else vllm_scorer())

@@ -94,7 +94,7 @@ def sample_drafts(cfg: FitConfig, task, tokenizer, out: Path, progress: bool) ->
     from metastone.harness.infer import infer, run_config
 
     # the drafts' sampling is train-sprm's (FitConfig: 256 tokens, T=0.7, no repetition penalty), not the paper's
-    rc = run_config(task, out / DRAFTS, Path(cfg.model).name, cfg.n_drafts, local=True, seed=cfg.seed,
+    rc = run_config(task, out / DRAFTS, Path(cfg.model).name, cfg.n_drafts, backend=cfg.backend, seed=cfg.seed,
                     max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                     repetition_penalty=cfg.repetition_penalty, batch_size=cfg.n_drafts * max(1, 32 // cfg.n_drafts),
                     workers=1, group_by_question=cfg.backend == "hf")

@@ -3,7 +3,7 @@
 
     from metastone.engines import EngineConfig, make_engines
     from metastone.harness.infer import infer, run_config
-    cfg = run_config(task, "runs/x.jsonl", model_dir, 8, local=True, temperature=0.7)
+    cfg = run_config(task, "runs/x.jsonl", model_dir, 8, backend="hf", temperature=0.7)
     stats = infer(cfg, task, tokenizer, lambda: make_engines(EngineConfig(model_dir, backend="hf")))
 
 The configuration is checked against the one saved beside the output (or saved), every missing draft
@@ -22,23 +22,39 @@ from metastone.harness.runner import (RunConfig, RunStats, check_or_save_config,
 from metastone.records import RecordStore, record_key
 
 
-def run_config(task, output_file: str, model_dir: str, drafts_per_question: int, *, local: bool, n_urls: int = 1,
+# backend -> (drafts per batch, batches in flight, batches in flight counted per policy URL), chosen by
+# measurement (benchmarks/bench_harness.py, docs/benchmarks.md):
+# - vllm: 128-draft batches, two in flight (one generating while the other's records are written or
+#   scored; the Coalescer merges them into one engine batch): within a few % of the engine given every
+#   draft in one call. A draft's tokens depend on its seed, not on which drafts share its batch, as far
+#   as the engine's kernels are batch-invariant (tests/serve/test_vllm.py checks it on CPU).
+# - hf: the drafts of one question per batch (same prompt, no padding: a draft's numbers do not depend
+#   on the other questions, so a resumed run equals an uninterrupted one), one batch in flight.
+# - server: 8-draft batches, two in flight per policy service (the services batch across clients).
+IN_FLIGHT = {"server": (8, 2, True), "vllm": (128, 2, False), "hf": (16, 1, False)}
+
+
+def run_config(task, output_file: str, model_dir: str, drafts_per_question: int, *, backend: str, n_urls: int = 1,
                chat_template: bool | None = None, batch_size: int | None = None, workers: int | None = None,
                **options) -> RunConfig:
     """A run of ``task`` (a loaded task) with the defaults of ``metastone infer``: the task decides the chat
-    template and the stop strings, the model is named by its folder, the data by its sha256; local engines
-    take 16 drafts a batch, one batch in flight (8 questions side by side when searching) and batch by
-    question, servers 8 drafts a batch, 2 batches in flight per policy URL. ``options``: any other field
-    (these defaults included)."""
+    template and the stop strings, the model is named by its folder, the data by its sha256. ``backend``
+    (server | vllm | hf, ``Engines.backend``) decides how drafts are put in flight (``IN_FLIGHT``).
+    ``options``: any other field (these defaults included)."""
+    if backend not in IN_FLIGHT:
+        raise ValueError(f"backend must be one of {', '.join(IN_FLIGHT)}, got {backend!r}.")
     search = options.get("search")
+    size, group, per_url = IN_FLIGHT[backend]
+    if search is not None and backend != "server":
+        group = 8  # searched questions side by side: their small requests merge into shared engine batches
     fields = dict(
         task=task.name, output_file=str(output_file), drafts_per_question=drafts_per_question,
         model=str(model_dir).rstrip("/").split("/")[-1], input_file=task.source,
         input_sha256=file_sha256(task.source) if task.source and Path(task.source).is_file() else "",
         stop=tuple(getattr(task, "stop", ()) or ()),
         chat_template=getattr(task, "use_chat_template", True) if chat_template is None else chat_template,
-        batch_size=batch_size or (16 if local else 8),
-        workers=workers or ((1 if search is None else 8) if local else 2 * n_urls), group_by_question=local,
+        batch_size=batch_size or size, workers=workers or (group * (n_urls if per_url else 1)),
+        group_by_question=backend == "hf",
     )
     return RunConfig(**{**fields, **options})
 

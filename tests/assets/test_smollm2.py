@@ -57,12 +57,19 @@ def test_demo_separator_is_one_token_and_head_matches(converted):
 
 
 def test_demo_command_end_to_end(tmp_path, converted, monkeypatch, capsys):
-    """The demo's whole path on 3 questions x 2 drafts with the HF engines (vLLM runs in the real demo)."""
+    """The demo's whole path on 3 questions x 2 drafts with the HF engines (vLLM runs in the real demo): one
+    engine (the policy scores as it decodes; no scorer is made), and ``--separate-scorer`` gives the same scores."""
     from metastone.cli import main
 
     monkeypatch.setenv("METASTONE_CACHE", str(converted.parent))
     monkeypatch.setattr("metastone.assets.smollm2.MODEL_NAME", converted.name)
-    assert main(["demo", "--out", str(tmp_path), "--questions", "3", "--drafts", "2", "--backend", "hf", "--no-progress"]) == 0
+
+    def no_scorer(*args, **kwargs):
+        raise AssertionError("the demo started a separate scorer")
+
+    with monkeypatch.context() as m:
+        m.setattr("metastone.serve.hf_backend.HFScorer.__init__", no_scorer)
+        assert main(["demo", "--out", str(tmp_path), "--questions", "3", "--drafts", "2", "--backend", "hf", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "SPRM Best-of-2" in out and "oracle @2" in out and "single draft (pass@1)" in out
     report = json.loads((tmp_path / "report.json").read_text())
@@ -70,3 +77,12 @@ def test_demo_command_end_to_end(tmp_path, converted, monkeypatch, capsys):
     assert (tmp_path / "accuracy_vs_n.png").is_file()
     records = [json.loads(line) for line in (tmp_path / "drafts-3x2-hf-float32.jsonl").read_text().splitlines()]
     assert all(r["score"] is not None and len(r["step_scores"]) == len(r["score_positions"]) for r in records)
+
+    separate = tmp_path / "separate"
+    assert main(["demo", "--out", str(separate), "--questions", "3", "--drafts", "2", "--backend", "hf", "--no-progress",
+                 "--separate-scorer"]) == 0
+    again = {r["key"]: r for r in map(json.loads, (separate / "drafts-3x2-hf-float32.jsonl").read_text().splitlines())}
+    for r in records:
+        other = again[r["key"]]
+        assert other["token_ids"] == r["token_ids"] and other["score_positions"] == r["score_positions"]
+        assert other["step_scores"] == pytest.approx(r["step_scores"], abs=1e-5)

@@ -191,3 +191,53 @@ def test_a_dead_vllm_engine_is_named_and_stops_the_run_other_failures_are_per_dr
 
     with pytest.raises(RuntimeError, match="transient"):
         asyncio.run(LocalScorer(Flaky()).score([[1, 2, 3]], [1]))
+
+
+def test_lazy_scorer_starts_its_engine_on_first_use_only():
+    """With scoring while generating the separate scorer is made only if a request needs it (one engine start)."""
+    from metastone.engines.factory import LazyScorer
+
+    made, closed = [], []
+
+    class Inner:
+        async def score(self, seqs, lens):
+            return [len(s) - n for s, n in zip(seqs, lens)]
+
+        async def close(self):
+            closed.append(True)
+
+    def make():
+        made.append(True)
+        return Inner()
+
+    async def main():
+        unused = LazyScorer(make)
+        await unused.close()
+        used = LazyScorer(make)
+        first = await asyncio.gather(*(used.score([[1, 2, 3]], [1]) for _ in range(4)))
+        await used.close()
+        return first
+
+    assert asyncio.run(main()) == [[2]] * 4
+    assert made == [True] and closed == [True]  # the concurrent first calls made one engine; the unused one none
+
+
+def test_run_config_puts_drafts_in_flight_by_backend():
+    """vLLM in-process: large batches, two in flight, not grouped by question; HF: one question per batch (no
+    padding across prompts, so a resumed run equals an uninterrupted one); services: per policy URL."""
+    from metastone.eval.tasks import load_task
+    from metastone.harness.infer import IN_FLIGHT, run_config
+
+    with load_task("demo") as task:
+        vllm = run_config(task, "x.jsonl", "m", 8, backend="vllm")
+        hf = run_config(task, "x.jsonl", "m", 8, backend="hf")
+        server = run_config(task, "x.jsonl", "m", 8, backend="server", n_urls=3)
+        given = run_config(task, "x.jsonl", "m", 8, backend="vllm", batch_size=5, workers=7)
+        with pytest.raises(ValueError, match="backend must be one of server, vllm, hf"):
+            run_config(task, "x.jsonl", "m", 8, backend="local")
+    assert (vllm.batch_size, vllm.workers, vllm.group_by_question) == (IN_FLIGHT["vllm"][0], IN_FLIGHT["vllm"][1], False)
+    assert vllm.batch_size * vllm.workers >= 128
+    assert (hf.batch_size, hf.workers, hf.group_by_question) == (16, 1, True)
+    assert (server.batch_size, server.workers, server.group_by_question) == (8, 6, False)
+    assert (given.batch_size, given.workers) == (5, 7)
+    assert vllm.content() == hf.content()  # how drafts are put in flight is not part of what a run contains
