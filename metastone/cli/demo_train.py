@@ -349,6 +349,17 @@ def main(args) -> int:
         return 1
 
 
+def base_drafts_file(out: Path, nq: int, k: int, backend: str, dtype: str) -> Path:
+    """``drafts-base-{nq}x{k}-{backend}-{dtype}.jsonl``; in a folder whose validation set exists already, the base
+    drafts it was read from, whichever backend sampled them (the training run validated on those)."""
+    names = [f"drafts-base-{nq}x{k}-{b}-{dtype}.jsonl" for b in (backend, "hf" if backend == "vllm" else "vllm")]
+    if (out / VALIDATION_FILE).is_file():
+        for name in [*names, f"drafts-base-{nq}x{k}-{dtype}.jsonl"]:  # the last: named before the backend was
+            if (out / name).is_file():
+                return out / name
+    return out / names[0]
+
+
 def base_stage(model: Path, policy: Path, questions: Path, drafts: Path, out: Path, k: int, seed: int, progress: bool,
                dtype: str, backend: str, head) -> None:
     sample(model, questions, drafts, k, seed, progress, dtype, backend)
@@ -416,7 +427,7 @@ def run(args) -> int:
     questions, dtype = question_file(out, nq), cpu_dtype("auto")
     head_config = preset_head(policy)
     fresh = write_initial_head(out, head_config)
-    base_drafts = out / f"drafts-base-{nq}x{k}-{backend}-{dtype}.jsonl"
+    base_drafts = base_drafts_file(out, nq, k, backend, dtype)
     # in a child process: the sampling engine and the feature model give their memory back to the OS
     # before training starts (training on 2 cores uses ~20 of 24 GB; kept in this process, they ran it out)
     in_child(base_stage, prepare_model_folder(out / "base", fresh), policy, questions, base_drafts, out, k, args.seed,

@@ -70,3 +70,41 @@ def test_a_stage_in_a_child_process_reports_its_error(tmp_path):
     in_child(print, "a child stage that succeeds")
     with pytest.raises(StageFailed, match=r"_fails: ValueError: cannot read .*x\.jsonl\. Rerun the same command"):
         in_child(_fails, tmp_path / "x.jsonl")
+
+
+def test_base_drafts_of_a_resumed_folder_are_the_ones_its_validation_set_came_from(tmp_path):
+    from metastone.cli.demo_train import VALIDATION_FILE, base_drafts_file
+
+    assert base_drafts_file(tmp_path, 50, 8, "vllm", "bfloat16").name == "drafts-base-50x8-vllm-bfloat16.jsonl"
+    (tmp_path / "drafts-base-50x8-bfloat16.jsonl").write_text("")  # an earlier run's (HF, before backends were named)
+    assert base_drafts_file(tmp_path, 50, 8, "vllm", "bfloat16").name == "drafts-base-50x8-vllm-bfloat16.jsonl"
+    (tmp_path / VALIDATION_FILE).write_text("")  # its validation set exists: the training validated on those drafts
+    assert base_drafts_file(tmp_path, 50, 8, "vllm", "bfloat16").name == "drafts-base-50x8-bfloat16.jsonl"
+    (tmp_path / "drafts-base-50x8-hf-bfloat16.jsonl").write_text("")
+    assert base_drafts_file(tmp_path, 50, 8, "vllm", "bfloat16").name == "drafts-base-50x8-hf-bfloat16.jsonl"
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_the_evaluation_samples_on_the_serving_environments_vllm(peaky_model, demo4, tmp_path):
+    """From the training environment (no vLLM), ``demo-train`` samples its evaluation drafts with the serving
+    environment's ``metastone infer --backend vllm --score_while_generating`` as a subprocess: every draft
+    recorded and scored, and a second call on the finished file changes nothing (resume)."""
+    import json
+
+    from metastone.cli.demo_train import sample, serving_metastone
+
+    if serving_metastone() is None:
+        pytest.skip("no serving environment (.venv) beside this one: `make test` builds it first")
+    model, _ = peaky_model
+    drafts = tmp_path / "drafts.jsonl"
+    sample(model, demo4, drafts, 2, 0, False, "float32", "vllm")
+    records = [json.loads(line) for line in drafts.read_text().splitlines()]
+    assert sorted((r["question_id"], r["draft"]) for r in records) == sorted(
+        (q, d) for q in {r["question_id"] for r in records} for d in range(2)) and len(records) == 8
+    assert all(r["score"] is not None and len(r["step_scores"]) == len(r["score_positions"]) for r in records)
+    config = json.loads((tmp_path / "drafts.jsonl.config.json").read_text())["content"]
+    assert (config["max_tokens"], config["temperature"], config["repetition_penalty"]) == (64, 0.7, 1.0)
+    before = drafts.read_text()
+    sample(model, demo4, drafts, 2, 0, False, "float32", "vllm")
+    assert drafts.read_text() == before
