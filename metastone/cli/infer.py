@@ -158,10 +158,10 @@ async def _main(args) -> int:
             raise ValueError(f"{exc} Search cuts steps at the SPRM head's separators: pass --head_path (a head "
                              "folder with sprm_config.json, or score_module.pt for the paper's '.\\n\\n').") from None
         search = search_options(args, stop, spec.separator_ids)
-    engines = make_engines(engine_config(args))
+    engine_cfg = engine_config(args)
     cfg = run_config(
-        task, args.output_file, args.model_dir, args.n_samples * args.branch, backend=engines.backend,
-        n_urls=engines.n_urls, chat_template=chat, batch_size=args.batch_size, workers=args.workers,
+        task, args.output_file, args.model_dir, args.n_samples * args.branch, backend=engine_cfg.resolved_backend(),
+        n_urls=engine_cfg.n_urls(), chat_template=chat, batch_size=args.batch_size, workers=args.workers,
         seed=args.seed, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, total_parts=args.total_parts, part=args.part,
         max_retries=args.max_retries, **({"strategy": args.strategy, "search": search} if search else {}),
@@ -177,13 +177,14 @@ async def _main(args) -> int:
     unit = "draft" if search is None else "question"
     progress = tqdm(unit=unit, disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
     try:
-        stats = await infer_async(cfg, task, tokenizer, engines, progress=progress, searcher=searcher)
+        # the engines are made only when drafts are missing (a finished run starts none) and closed by infer_async
+        stats = await infer_async(cfg, task, tokenizer, lambda: make_engines(engine_cfg), progress=progress,
+                                  searcher=searcher)
     except ServiceDown as exc:
         logger.error("stopped: %s", exc)
         return 1
     finally:
         progress.close()
-        await engines.close()
         task.close()
     logger.info("%s: %d drafts written this run, %d in total (%d were already done)", args.output_file, stats.drafts_done,
                 stats.total, stats.before)

@@ -33,6 +33,26 @@ class EngineConfig:
         if not self.service_wait_s >= 0:
             raise ValueError(f"--service_wait_s must be >= 0 (0: stop at the first outage), got {self.service_wait_s}.")
 
+    def resolved_backend(self) -> str:
+        """server | vllm | hf, checked against the other fields without starting anything."""
+        backend = self.backend or ("server" if self.response_api_urls or self.score_api_url else None)
+        if self.score_while_generating and backend not in ("vllm", "hf"):
+            raise ValueError("--score_while_generating needs --backend vllm or hf (the policy and the head in this "
+                             "process); with services, start serve-policy with --score_while_generating instead: its "
+                             "drafts come back scored.")
+        if backend is None:
+            raise ValueError("give --response_api_url and --score_api_url (servers), or --backend vllm|hf (in-process).")
+        if backend == "server" and (not self.policy_urls() or not self.score_api_url):
+            raise ValueError("--backend server needs both --response_api_url (policy URLs) and --score_api_url.")
+        return backend
+
+    def policy_urls(self) -> list[str]:
+        return [u for u in self.response_api_urls if u.strip()]
+
+    def n_urls(self) -> int:
+        """Policy services the drafts are spread over (1 for in-process engines)."""
+        return len(self.policy_urls()) if self.resolved_backend() == "server" else 1
+
 
 @dataclass
 class Engines:
@@ -71,17 +91,9 @@ def make_engines(cfg: EngineConfig) -> Engines:
     from metastone.engines.http import ServerGenerator, ServerScorer
     from metastone.engines.local import LocalGenerator, LocalScorer
 
-    backend = cfg.backend or ("server" if cfg.response_api_urls or cfg.score_api_url else None)
-    if cfg.score_while_generating and backend not in ("vllm", "hf"):
-        raise ValueError("--score_while_generating needs --backend vllm or hf (the policy and the head in this process); "
-                         "with services, start serve-policy with --score_while_generating instead: its drafts come "
-                         "back scored.")
-    if backend is None:
-        raise ValueError("give --response_api_url and --score_api_url (servers), or --backend vllm|hf (in-process).")
+    backend = cfg.resolved_backend()
     if backend == "server":
-        if not cfg.response_api_urls or not cfg.score_api_url:
-            raise ValueError("--backend server needs both --response_api_url (policy URLs) and --score_api_url.")
-        urls = [u for u in cfg.response_api_urls if u.strip()]
+        urls = cfg.policy_urls()
         return Engines(backend, ServerGenerator(urls, cfg.model_dir, api_key=cfg.api_key, wait_s=cfg.service_wait_s),
                        ServerScorer(cfg.score_api_url, api_key=cfg.api_key, wait_s=cfg.service_wait_s), len(urls))
     import torch

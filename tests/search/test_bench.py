@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -21,6 +23,7 @@ def bench(model, data, out, budgets, *extra):
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_measures_every_strategy_within_budget_and_resumes(peaky_model, demo4, tmp_path):
     model, _ = peaky_model
     out = tmp_path / "bench"

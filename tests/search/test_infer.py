@@ -36,6 +36,7 @@ def contents(path):
     return sorted(recs, key=lambda r: r["key"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["beam", "mcts"])
 def test_search_through_inference_py_and_the_metric(strategy, peaky_model, demo4, tmp_path):
     model, sep = peaky_model
