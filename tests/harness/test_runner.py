@@ -199,7 +199,6 @@ def test_drafts_scored_while_generating_skip_the_scorer(tmp_path):
         assert (r["score"], r["score_positions"]) == ((0.25, [7]) if r["draft"] % 2 else (0.75, [r["prompt_len"]]))
 
 
-@pytest.mark.serve  # once per CI, in the environment users serve from
 @pytest.mark.slow
 def test_inference_py_hf_scoring_while_generating_records_the_scorers_step_scores(peaky_model, demo_file, tmp_path):
     """``test/inference.py --backend hf --score_while_generating``, as the README runs it: the same drafts and

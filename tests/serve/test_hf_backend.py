@@ -146,7 +146,6 @@ def test_prefix_cache_is_bounded(tiny_model_dir):
         HFScorer(tiny_model_dir, prefix_cache_mib=-1)
 
 
-@pytest.mark.serve  # once per CI, in the environment users serve from
 @pytest.mark.slow
 def test_scoring_while_generating_on_hf_gives_the_scorers_probabilities_and_the_same_drafts(peaky_model):
     """``HFPolicy.attach_head`` / ``LocalGenerator("hf", score_while_generating=True)``: the same drafts as the plain

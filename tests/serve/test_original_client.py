@@ -28,7 +28,7 @@ def context_model(tmp_path_factory, qwq_tokenizer):
                            max_position_embeddings=CONTEXT, vocab_size=QWEN2_VOCAB)
 
 
-@pytest.fixture(scope="module", params=[pytest.param("hf", marks=[pytest.mark.serve, pytest.mark.slow]),  # once per CI, where users serve from
+@pytest.fixture(scope="module", params=[pytest.param("hf", marks=pytest.mark.slow),
                                         pytest.param("vllm", marks=[pytest.mark.serve, pytest.mark.slow])])
 def services(request, context_model):
     from tests.serve.conftest import Server
