@@ -57,17 +57,14 @@ demo: setup-serve
 demo-train: setup-train setup-serve
 	$(VENV_TRAIN)/bin/metastone demo-train
 
-# All suites, both environments, side by side (each line of output says which suite wrote it; the
-# exit status fails if either failed). Each environment runs the tests its markers allow: serve-marked
-# in .venv, train-marked in .venv-train, unmarked fast tests in both (the core must work with either
-# transformers), unmarked slow ones once, in .venv-train (its suite is the shorter one).
+# All suites, both environments, one after the other. Each environment runs the tests its markers
+# allow: serve-marked in .venv, train-marked in .venv-train, unmarked fast tests in both (the core must
+# work with either transformers), unmarked slow ones once, in .venv-train. (Side by side the suites took
+# 28-31 min instead of ~40, but on 24 GB Ray's memory monitor killed the training e2e run beside the
+# vLLM tests, and a timing-sensitive restart test failed: dev/LOG.md.)
 test: setup
-	@set -o pipefail; \
-	( set -o pipefail; $(MAKE) --no-print-directory test-serve SERVE_MARKERS='$(SERVE_MARKERS) and not (slow and not serve)' 2>&1 \
-	  | sed -u 's/^/[serve] /' ) & serve=$$!; \
-	( set -o pipefail; $(MAKE) --no-print-directory test-train 2>&1 | sed -u 's/^/[train] /' ) & train=$$!; \
-	wait $$serve; s=$$?; wait $$train; t=$$?; \
-	echo "make test: serve suite exit $$s, train suite exit $$t"; [ $$s -eq 0 ] && [ $$t -eq 0 ]
+	$(MAKE) --no-print-directory test-serve SERVE_MARKERS='$(SERVE_MARKERS) and not (slow and not serve)'
+	$(MAKE) --no-print-directory test-train
 
 SERVE_MARKERS ?= not train and not gpu
 TRAIN_MARKERS ?= not serve and not gpu
