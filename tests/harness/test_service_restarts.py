@@ -113,8 +113,7 @@ def _wait_for_records(path: Path, n: int, proc, timeout: float = 300) -> int:
     raise AssertionError(f"fewer than {n} records after {timeout} s")
 
 
-@pytest.mark.slow
-@pytest.mark.serve  # once per CI run (the HTTP clients are the same code in both environments)
+@pytest.mark.slow  # unmarked slow: `make test` runs it once, in the training environment (HF services)
 def test_inference_py_survives_both_services_killed_and_restarted(tiny_model_dir, demo4, tmp_path, server_factory):
     """HF services (the vLLM ones: ``tests/serve/test_vllm.py``, on the services its other tests share)."""
     common = ["--model_path", str(tiny_model_dir), "--backend", "hf", "--dtype", "float32"]
@@ -125,9 +124,20 @@ def test_inference_py_survives_both_services_killed_and_restarted(tiny_model_dir
     run_through_restarts(policy, scorer, tiny_model_dir, demo4, tmp_path, in_process_reference=True)
 
 
+def _wait_for_log(path: Path, text: str, proc, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text():
+            return
+        assert proc.poll() is None, f"the run ended before logging {text!r}:\n{path.read_text()[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {text!r} in the run's log after {timeout} s")
+
+
 def run_through_restarts(policy, scorer, model_dir, data, tmp_path, *, in_process_reference: bool) -> None:
     """``test/inference.py`` against ``policy`` and ``scorer`` (running): the policy service is ``kill -9``'d after
-    4 records and restarted on its port, the score service 4 records later; the run must exit 0 with every
+    4 records; once the run logs it down, the score service is killed too and the policy service restarted on
+    its port; once the run logs the score service down, it is restarted. The run must exit 0 with every
     draft once, equal to the reference run (``in_process_reference``: HF in this process, else the same services
     undisturbed), and log one "down" line per service. Both services are running again afterwards."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -149,13 +159,15 @@ def run_through_restarts(policy, scorer, model_dir, data, tmp_path, *, in_proces
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd(out), cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT)
         try:
-            first = _wait_for_records(out, 4, proc)
+            # Each step waits for an event, never for time: the run cannot finish before the second kill
+            # (it is stalled on the dead policy service), and each service comes back only after the
+            # run has noticed it gone.
+            _wait_for_records(out, 4, proc)
             policy.kill()
-            time.sleep(1.0)
-            policy.restart()
-            _wait_for_records(out, first + 4, proc)
+            _wait_for_log(log, f"policy service {policy.url} is down", proc)
             scorer.kill()
-            time.sleep(1.0)
+            policy.restart()
+            _wait_for_log(log, f"score service {scorer.url} is down", proc)
             scorer.restart()
             assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
         finally:
