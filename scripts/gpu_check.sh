@@ -10,6 +10,8 @@
 # dependency resolution, no build) and the checkout itself is put on PYTHONPATH (metastone without its
 # dependencies); nothing is installed into the machine's Python. Runs on any machine: what needs CUDA,
 # verl or vLLM reports SKIP with the reason (a CPU machine skips every CUDA check and exits 0).
+# CHECK_DEVICE=cpu runs the checks written as tests (tests/gpu) on the CPU instead: how the suite keeps
+# them working without a GPU (tests/test_gpu_wheelhouse.py).
 # Results go to $OUT_DIR (default outputs/gpu_check): report.json, checks.jsonl, pytest logs.
 set -u
 cd "$(dirname "$0")/.."
@@ -64,7 +66,8 @@ echo "device: ${CUDA:-none (torch.cuda.is_available() is False)}; torch $("$PY" 
 
 # 1. the checks written as tests (tests/gpu, marker gpu): each reports itself through tests/check_log.py
 if has pytest; then
-  "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider -p tests.check_log tests/gpu > "$OUT_DIR/tests_gpu.log" 2>&1
+  "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider -p tests.check_log --check-device "${CHECK_DEVICE:-cuda}" tests/gpu \
+    > "$OUT_DIR/tests_gpu.log" 2>&1
   rc=$?
   [ $rc -le 1 ] || record pytest FAIL "pytest exited $rc (log: $OUT_DIR/tests_gpu.log)"
   "$PY" - "$CHECK_LOG" <<'EOF'

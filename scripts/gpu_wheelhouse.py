@@ -118,6 +118,11 @@ def check_imports() -> int:
         except Exception as e:  # noqa: BLE001 - report every failure, not the first
             failed += 1
             print(f"cannot import {name}: {type(e).__name__}: {e}")
+    try:  # the `metastone` command imports every subcommand's module to build its parser
+        importlib.import_module("metastone.cli").build_parser()
+    except Exception as e:  # noqa: BLE001
+        failed += 1
+        print(f"cannot build the metastone command's parser: {type(e).__name__}: {e}")
     return failed
 
 
@@ -130,7 +135,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.check_imports:
         failed = check_imports()
-        print(f"{len(CHECK_IMPORTS) - failed}/{len(CHECK_IMPORTS)} modules import")
+        print(f"{len(CHECK_IMPORTS) + 1 - failed}/{len(CHECK_IMPORTS) + 1} import checks pass (modules + the CLI)")
         raise SystemExit(1 if failed else 0)
     manifest = build(args.out, args.python or ["3.12", "3.11"])
     print(f"{args.out}: {len(manifest['files'])} wheels, {manifest['total_bytes'] / 2**20:.1f} MiB "

@@ -19,6 +19,11 @@ def _reason(report) -> str:
     return ""
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption("--check-device", default="cuda",
+                     help="device of the GPU checks (tests/gpu/conftest.py): cuda, or cpu to run them without a GPU")
+
+
 def pytest_runtest_logreport(report) -> None:
     path = os.environ.get("CHECK_LOG")
     # one line per test: its call, or the setup/teardown that skipped or failed it

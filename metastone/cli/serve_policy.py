@@ -142,6 +142,7 @@ def build_backend(args):
         from metastone.serve.policy_server import HFPolicyBackend
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        logger.info("policy service: HF backend on device %s, %s", device, args.dtype)
         policy = HFPolicy(args.model_path, device=device, dtype=args.dtype, max_len=args.max_model_len)
         step_scores = StepScoreCollector(args.model_path, head, config=policy.attach_head(head)) if fused else None
         return HFPolicyBackend(policy, str(args.model_path), step_scores=step_scores), None

@@ -65,6 +65,7 @@ def build_scorer(args):
         from metastone.serve.hf_backend import HFScorer
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        logger.info("score service: HF backend on device %s, %s", device, args.dtype)
         return HFScorer(args.model_path, head_path=args.head, device=device, dtype=args.dtype, lang=args.lang)
     from metastone.serve.vllm_scorer import VLLMScorer
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import sys
 from pathlib import Path
 
-import pandas as pd
 
 from metastone.records import read_jsonl
 
@@ -43,10 +43,10 @@ def read_records(path: str | Path) -> list[dict]:
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of objects, got {type(data).__name__}.")
         return data
-    if suffix == ".csv":
-        return pd.read_csv(path).to_dict("records")
-    if suffix == ".parquet":
-        return pd.read_parquet(path).to_dict("records")
+    if suffix in (".csv", ".parquet"):
+        import pandas as pd  # here, not at import: `metastone --help` and every other command work without it
+
+        return (pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)).to_dict("records")
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet.")
 
 
@@ -73,7 +73,7 @@ def _answer(row: dict, key: str | None) -> str | None:
     for value in candidates:
         if isinstance(value, dict):
             value = value.get("target", value.get("answer"))
-        if value is None or (isinstance(value, float) and pd.isna(value)):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
         text = str(value).strip()
         if text:
@@ -143,6 +143,8 @@ def demo_rows(split: str, input_file: str | None = None, limit: int | None = Non
 
 def write_parquet(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
+    import pandas as pd
+
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(path, index=False)
     return path

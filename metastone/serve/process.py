@@ -34,8 +34,9 @@ class ServiceProcess:
         self._start(wait)
 
     def _start(self, wait: bool) -> None:
-        exe = str(Path(sys.executable).with_name("metastone"))
-        self.proc = subprocess.Popen([exe, *self.args, "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
+        script = Path(sys.executable).with_name("metastone")  # the console script beside this Python
+        exe = [str(script)] if script.exists() else [sys.executable, "-m", "metastone"]  # a checkout on PYTHONPATH
+        self.proc = subprocess.Popen([*exe, *self.args, "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "HF_HUB_OFFLINE": "1", **(self.env or {})}, start_new_session=True)
         if wait:
             self.ready()

@@ -10,13 +10,14 @@ from metastone.sprm.features import extract_features
 from metastone.sprm.head import SPRMHead, sprm_head_num_params
 from metastone.sprm.io import CONFIG_FILE, HEAD_FILE, RELEASED_HEAD_FILE, find_head_file, load_head, save_head
 from metastone.sprm.loss import (
-    INVALID_OUTCOMES, OUTCOME_CORRECT, OUTCOME_INVALID, OUTCOME_WRONG, map_invalid_outcome, spr_loss,
+    INVALID_OUTCOMES, OUTCOME_CORRECT, OUTCOME_INVALID, OUTCOME_WRONG, map_invalid_outcome, scale_gradient, spr_loss,
 )
 from metastone.sprm.steps import StepSpec, resolve_step_spec, step_mask, step_positions
 
 __all__ = [
     "AGGREGATIONS", "aggregate", "aggregate_list", "SPRMConfig", "extract_features", "SPRMHead",
     "sprm_head_num_params", "CONFIG_FILE", "HEAD_FILE", "RELEASED_HEAD_FILE", "find_head_file", "load_head",
-    "save_head", "INVALID_OUTCOMES", "map_invalid_outcome", "OUTCOME_CORRECT", "OUTCOME_INVALID", "OUTCOME_WRONG", "spr_loss", "StepSpec",
+    "save_head", "INVALID_OUTCOMES", "map_invalid_outcome", "OUTCOME_CORRECT", "OUTCOME_INVALID", "OUTCOME_WRONG", "scale_gradient", "spr_loss",
+    "StepSpec",
     "resolve_step_spec", "step_mask", "step_positions",
 ]

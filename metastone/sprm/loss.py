@@ -45,6 +45,15 @@ AGREEMENTS = ("sign", "centered")
 INVALID_OUTCOMES = ("negative", "exclude")
 
 
+def scale_gradient(features: torch.Tensor, scale: float) -> torch.Tensor:
+    """Same values as ``features``; the gradient reaching ``features`` is multiplied by ``scale``."""
+    if scale == 0.0:
+        return features.detach()
+    if scale == 1.0:
+        return features
+    return features * scale + features.detach() * (1.0 - scale)
+
+
 def check_invalid_outcome(invalid_outcome: str, key: str = "invalid_outcome") -> str:
     if invalid_outcome not in INVALID_OUTCOMES:
         raise ValueError(

@@ -34,6 +34,7 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from metastone.sprm import OUTCOME_INVALID, resolve_step_spec, step_mask
 from metastone.sprm.aggregate import aggregate
 from metastone.sprm.features import backbone, layer_input_index
+from metastone.sprm.loss import scale_gradient
 from metastone.train.config import MODEL_TYPE, SECTION, SPRMTrainConfig
 from metastone.train.head_runtime import SPRMHeadRuntime
 from metastone.train.outcome import GROUP_KEY, OUTCOME_KEY, outcome_from_batch, rank_sums
@@ -54,15 +55,6 @@ def engine_device() -> torch.device:
     """The accelerator this process trains on (verl's device lookups), e.g. cuda:3 or npu:0."""
     name, index = get_device_name(), get_device_id()
     return torch.device(name) if name == "cpu" or not isinstance(index, int) else torch.device(name, index)
-
-
-def scale_gradient(features: torch.Tensor, scale: float) -> torch.Tensor:
-    """Same values as ``features``; the gradient reaching ``features`` is multiplied by ``scale``."""
-    if scale == 0.0:
-        return features.detach()
-    if scale == 1.0:
-        return features
-    return features * scale + features.detach() * (1.0 - scale)
 
 
 def full_sequence_response_mask(data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

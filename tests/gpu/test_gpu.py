@@ -1,11 +1,10 @@
 """GPU checks (marker ``gpu``; ``bash scripts/gpu_check.sh`` runs them with the benchmarks).
 
-Each needs CUDA and skips with the reason otherwise; those that need verl or vLLM skip on a GPU
-machine that has only torch + transformers. What they check:
+Each needs CUDA and skips with the reason otherwise (none needs verl or vLLM). What they check:
 
 - the SPRM features in bf16 with packed sequences (one row, position ids restarting per sequence,
   as verl's ``use_remove_padding``) give the padded batch's step scores, and the SPR gradient reaching
-  the backbone is ``backbone_grad_scale`` of the head's (``scale_gradient``, needs verl);
+  the backbone is ``backbone_grad_scale`` of the head's (``scale_gradient``);
 - ``HFScorer`` on CUDA gives the original-style scorer's step scores, and how much faster it is.
 """
 
@@ -68,8 +67,7 @@ def test_packed_bf16_step_scores_equal_the_padded_path(gpu_model):
 
 
 def test_backbone_gets_backbone_grad_scale_of_the_spr_gradient(gpu_model):
-    pytest.importorskip("verl", reason="verl is not installed (scale_gradient lives in the verl engine module)")
-    from metastone.train.engine import scale_gradient
+    from metastone.sprm import scale_gradient
 
     _, head, _, _ = gpu_model
     f = torch.randn(8, head[0].in_features, device="cuda", dtype=torch.bfloat16, requires_grad=True)

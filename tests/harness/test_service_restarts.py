@@ -113,7 +113,8 @@ def _wait_for_records(path: Path, n: int, proc, timeout: float = 300) -> int:
     raise AssertionError(f"fewer than {n} records after {timeout} s")
 
 
-@pytest.mark.slow  # unmarked slow: `make test` runs it once, in the training environment (HF services)
+@pytest.mark.slow
+@pytest.mark.serve  # once per CI run (the HTTP clients are the same code in both environments)
 def test_inference_py_survives_both_services_killed_and_restarted(tiny_model_dir, demo4, tmp_path, server_factory):
     """HF services (the vLLM ones: ``tests/serve/test_vllm.py``, on the services its other tests share)."""
     common = ["--model_path", str(tiny_model_dir), "--backend", "hf", "--dtype", "float32"]
