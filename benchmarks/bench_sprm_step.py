@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_train_step import init_process_group  # noqa: E402
+
 SHAPES = {  # hidden, layers, heads, kv heads, intermediate
     "tiny": (64, 4, 4, 2, 128),
     "0.5b": (896, 24, 14, 2, 4864),
@@ -45,18 +45,6 @@ VOCAB = 151936  # Qwen2's embedding rows for these shapes
 TRACE = ("<|im_start|>user\nWhat is 17+25?<|im_end|>\n<|im_start|>assistant\n<think>\n"
          "Add the tens: 10+20 is 30.\n\nAdd the ones: 7+5 is 12.\n\nSo 30+12 is 42.\n\n</think>\nThe answer is 42.")
 STEP_EVERY = 64  # one step boundary every this many tokens of the random batch
-
-
-def init_dist(device: str) -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", rank=0, world_size=1)
 
 
 def build(shape: str, device: str, dtype: torch.dtype, checkpointing: bool):
@@ -199,7 +187,7 @@ def main(argv=None) -> dict:
 
     device, dtype = args.device, {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     seq_len = args.seq_len or (4096 if device.startswith("cuda") else 256)
-    init_dist(device)
+    init_process_group(device.startswith("cuda"))  # one rank: gloo on CPU, NCCL on CUDA
     model, head = build(args.shape, device, dtype, not args.no_checkpointing)
     capture = Capture(model)
     opts = [torch.optim.AdamW(model.parameters(), lr=1e-6), torch.optim.AdamW(head.parameters(), lr=1e-4)]
