@@ -91,3 +91,24 @@ def test_both_gpu_recipes_resolve_on_pypi_under_their_pins():
         missing = sorted(set(got) - set(want) - g.UNPINNED)
         assert not missing, f"gpu-{env}: resolved packages not pinned {missing}; run `make gpu-lock`"
         assert all(got[name] == want[name] for name in got if name in want)
+
+
+def test_setup_gpu_names_the_python_it_needs_and_what_to_do(tmp_path):
+    """``make setup-gpu`` checks ``GPU_PYTHON`` before building anything: CPython 3.11 passes; a missing one or
+    another version stops with what to install, the variable to set, and the offline route."""
+    import subprocess
+
+    def gpu_python(python):
+        return subprocess.run(["make", "--no-print-directory", "gpu-python", f"GPU_PYTHON={python}"], cwd=ROOT,
+                              capture_output=True, text=True)
+
+    if sys.version_info[:2] == (3, 11):
+        assert gpu_python(sys.executable).returncode == 0, gpu_python(sys.executable).stdout
+    py312 = tmp_path / "python3.12"  # stands for a 3.12 interpreter: its version, and the check's exit status
+    py312.write_text('#!/bin/sh\ncase "$1" in --version) echo "Python 3.12.1";; *) exit 1;; esac\n')
+    py312.chmod(0o755)
+    for bad, shown in ((tmp_path / "missing/python3.11", "not found"), (py312, "Python 3.12.1")):
+        done = gpu_python(bad)
+        assert done.returncode != 0
+        out = done.stdout + done.stderr
+        assert "needs CPython 3.11" in out and shown in out and "GPU_PYTHON=" in out and "docs/gpu.md" in out, out
