@@ -329,7 +329,9 @@ def test_escaping_processes_are_all_dead_when_run_returns(backend, program):
     for i in range(REPEATS):
         token = f"metastone-escape-{program}-{os.getpid()}-{i}"
         result = sandbox.run({"main.py": ESCAPERS[program]}, ["main.py", token])
-        assert result.status in ("ok", "timeout"), result
+        # the program's own outcome may be anything it can cause (under load a bomb's root can exit 1);
+        # only the sandbox failing itself is wrong here. What this test is about is the next line.
+        assert result.status in ("ok", "error", "timeout"), result
         left = _processes_with(token)  # no waiting: the run returns only when the tree is gone
         assert left == [], f"run {i}: {len(left)} processes of {program} outlived the run under {backend}"
 
