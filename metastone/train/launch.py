@@ -49,6 +49,13 @@ def launch(cfg) -> None:
         from metastone.train.cpu_platform import prepare_cpu_run
 
         add_ray_env_vars(cfg, prepare_cpu_run(cfg))
+    watch = None
+    if joins_running_cluster(cfg):
+        from metastone.train.cluster import NodeWatch
+
+        use_cluster_resources(cfg)
+        watch = NodeWatch(OmegaConf.select(cfg, "trainer.default_local_dir"))
+        watch.start()
     set_agent_loops(cfg)
     metrics_file = set_metrics_file(cfg)
     if metrics_file is not None:
@@ -59,7 +66,42 @@ def launch(cfg) -> None:
 
     saved = save_resolved_config(cfg)
     logger.info("starting verl run %s (resolved config: %s)", OmegaConf.select(cfg, "trainer.experiment_name"), saved)
-    run_ppo(cfg, task_runner_class=SPRMTaskRunner)
+    try:
+        run_ppo(cfg, task_runner_class=SPRMTaskRunner)
+    except Exception:
+        lost = watch.wait_for_loss() if watch is not None else []
+        if lost:  # a node died: say so (and exit NODE_LOST_EXIT) instead of the collective's error
+            watch.stop(lost)
+        raise
+
+
+def joins_running_cluster(cfg) -> bool:
+    """True when the run connects to a Ray cluster started beforehand (``ray start``, as
+    ``verl/examples/ray/run_head.sh`` does): ``ray_kwargs.ray_init.address`` or ``RAY_ADDRESS`` names one."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    address = OmegaConf.select(cfg, "ray_kwargs.ray_init.address") or os.environ.get("RAY_ADDRESS", "")
+    return bool(address) and address != "local"
+
+
+def use_cluster_resources(cfg) -> None:
+    """Drop ``num_cpus`` / ``num_gpus`` from ``ray_kwargs.ray_init`` for a run that joins a running cluster.
+
+    The cluster's nodes declared their CPUs and GPUs when they started (``CPUS_PER_NODE`` /
+    ``GPUS_PER_NODE`` of ``run_head.sh`` / ``run_worker.sh``); ``ray.init`` refuses resource counts
+    when it connects to them. verl still checks that the cluster has ``nnodes x n_gpus_per_node`` slots.
+    """
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        ray_init = cfg.ray_kwargs.ray_init
+        for key in ("num_cpus", "num_gpus"):
+            if ray_init.get(key) is not None:
+                logger.info("joining a running Ray cluster: ray_kwargs.ray_init.%s=%s is ignored (the nodes "
+                            "declared their resources at `ray start`)", key, ray_init[key])
+                ray_init[key] = None
 
 
 def add_ray_env_vars(cfg, env: dict[str, str]) -> None:

@@ -1,6 +1,6 @@
 """verl V1 trainer and Ray task runner for GRPO + SPRM (``python -m metastone.train`` launches these).
 
-Three hooks on verl's synchronous V1 trainer, nothing re-implemented:
+Four hooks on verl's synchronous V1 trainer, nothing re-implemented:
 
 - ``_init_resource_pool_mgr``: verl hard-codes ``ray.remote(ActorRolloutRefWorker)``; we swap in
   ``SPRMActorRolloutRefWorker`` for the actor role (the ref worker is unchanged).
@@ -8,6 +8,8 @@ Three hooks on verl's synchronous V1 trainer, nothing re-implemented:
   ``reward_extra_info["sprm_label"]``, apply ``actor_rollout_ref.sprm.invalid_outcome`` and write
   ``sprm_outcome`` (and ``sprm_group``, the prompt of each trajectory) to TransferQueue, which the
   actor update then receives (``metastone.train.outcome``).
+- ``_load_checkpoint``: first repair a torn or dangling ``latest_checkpointed_iteration.txt``
+  (``metastone.train.checkpoints``), then verl's resume.
 - ``_update_actor``: after verl's update, the step's within-question AUROC and score gap of the
   head (``sprm/within_q_auroc``, ``sprm/step_score_gap``) from the engine's per-mini-batch sums.
 
@@ -31,6 +33,7 @@ from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1 import PPOTrainerSync
 
 from metastone.train import hf_rollout  # noqa: F401  (registers rollout.name=hf for the replicas)
+from metastone.train.checkpoints import check_resume_point
 from metastone.train.config import SPRMTrainConfig
 from metastone.train.outcome import GROUP_KEY, OUTCOME_KEY, group_ids, per_sample_sum, spr_labels, step_rank_metrics
 from metastone.train.worker import SPRMActorRolloutRefWorker
@@ -48,6 +51,11 @@ class SPRMPPOTrainer(PPOTrainerSync):
         for role in ACTOR_ROLES:
             if role in self.role_worker_mapping:
                 self.role_worker_mapping[role] = ray.remote(SPRMActorRolloutRefWorker)
+
+    def _load_checkpoint(self):
+        if self.config.trainer.resume_mode == "auto":
+            check_resume_point(self.config.trainer.default_local_dir)
+        return super()._load_checkpoint()
 
     def _compute_advantage(self, batch, metrics: dict):
         self._write_outcome_labels(batch, metrics)

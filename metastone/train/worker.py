@@ -30,6 +30,7 @@ class SPRMActorRolloutRefWorker(ActorRolloutRefWorker):
         if is_cpu_platform():
             open_cpu_process_group()  # before verl's, whose backend string would name cpu twice
         super().init_model()
+        log_placement(self.rank, self.world_size)
         if self.actor is None:
             return
         config = SPRMTrainConfig.from_mapping(self.config.get("sprm"))
@@ -43,3 +44,12 @@ class SPRMActorRolloutRefWorker(ActorRolloutRefWorker):
                 )
             return
         engine.setup_sprm(config)
+
+
+def log_placement(rank: int, world_size: int) -> None:
+    """One line per training process: which Ray node it runs on (multi-node runs are checked from it)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    logger.info("training rank %d of %d on Ray node %s (%s)", rank, world_size, context.get_node_id(),
+                ray.util.get_node_ip_address())

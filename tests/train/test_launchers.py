@@ -60,13 +60,24 @@ def test_multi_node_needs_the_node_count(stubs):
     assert code == 0 and "preset=s1_32b trainer.nnodes=4 trainer.n_gpus_per_node=8" in out
 
 
-def test_ray_head_and_worker_take_address_ports_and_interface_from_env(stubs):
-    code, out = run("verl/examples/ray/run_head.sh", stubs, NODE_IP="10.1.2.3", RAY_PORT="7000", GPUS_PER_NODE="8")
+def test_ray_head_and_worker_take_address_ports_and_interface_from_env(stubs, tmp_path):
+    token = tmp_path / "ray" / "auth_token"
+    code, out = run("verl/examples/ray/run_head.sh", stubs, NODE_IP="10.1.2.3", RAY_PORT="7000", GPUS_PER_NODE="8",
+                    CPUS_PER_NODE="32", RAY_AUTH_TOKEN_PATH=str(token))
     assert code == 0 and "ray start --head --node-ip-address=10.1.2.3 --port=7000" in out and "--num-gpus=8" in out
+    assert "--num-cpus=32" in out and "--dashboard-host=127.0.0.1" in out  # the dashboard runs jobs: not public
+    # a cluster token was generated where Ray reads it, readable by its owner only
+    assert f"generated a cluster token in {token}" in out and token.stat().st_mode & 0o077 == 0
+    assert len(token.read_text()) == 64
     code, out = run("verl/examples/ray/run_worker.sh", stubs, NODE_IP="10.1.2.4")
     assert code != 0 and "HEAD_ADDRESS" in out
-    code, out = run("verl/examples/ray/run_worker.sh", stubs, NODE_IP="10.1.2.4", HEAD_ADDRESS="10.1.2.3")
+    code, out = run("verl/examples/ray/run_worker.sh", stubs, NODE_IP="10.1.2.4", HEAD_ADDRESS="10.1.2.3",
+                    RAY_AUTH_TOKEN_PATH=str(tmp_path / "missing"))
+    assert code != 0 and f"no cluster token in {tmp_path / 'missing'}" in out
+    code, out = run("verl/examples/ray/run_worker.sh", stubs, NODE_IP="10.1.2.4", HEAD_ADDRESS="10.1.2.3",
+                    RAY_AUTH_TOKEN_PATH=str(token), RAY_START_ARGS="--dashboard-agent-listen-port=52401")
     assert code == 0 and "ray start --address=10.1.2.3:6379 --node-ip-address=10.1.2.4" in out
+    assert "--dashboard-agent-listen-port=52401" in out
 
 
 def test_worker_n_starts_one_worker_per_host(stubs, tmp_path):

@@ -6,7 +6,8 @@
 # Environment:
 #   HEAD_ADDRESS    head node address (required)
 #   RAY_PORT        head GCS port                                  (default 6379)
-#   NET_IF, NODE_IP, GPUS_PER_NODE, RAY_BLOCK: as in run_head.sh
+#   NET_IF, NODE_IP, GPUS_PER_NODE, CPUS_PER_NODE, RAY_START_ARGS, RAY_BLOCK: as in run_head.sh
+#   The head's token (RAY_AUTH_TOKEN, or the file at RAY_AUTH_TOKEN_PATH, default ~/.ray/auth_token).
 set -euo pipefail
 # Network: NET_IF (default: the default-route interface) carries NCCL/Gloo; NODE_IP is its IPv4.
 if [[ -z "${NET_IF:-}" ]] && command -v ip >/dev/null 2>&1; then
@@ -26,6 +27,15 @@ fi
 RAY_PORT="${RAY_PORT:-6379}"
 extra=()
 [[ -n "${GPUS_PER_NODE:-}" ]] && extra+=("--num-gpus=${GPUS_PER_NODE}")
+[[ -n "${CPUS_PER_NODE:-}" ]] && extra+=("--num-cpus=${CPUS_PER_NODE}")
+[[ -n "${RAY_START_ARGS:-}" ]] && read -r -a more <<< "${RAY_START_ARGS}" && extra+=("${more[@]}")
 [[ "${RAY_BLOCK:-0}" == "1" ]] && extra+=("--block")
+
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+token_file="${RAY_AUTH_TOKEN_PATH:-${HOME}/.ray/auth_token}"
+if [[ "${RAY_AUTH_MODE}" == "token" && -z "${RAY_AUTH_TOKEN:-}" && ! -s "${token_file}" ]]; then
+  echo "no cluster token in ${token_file}: copy the head's (run_head.sh printed where it is) to that path, or set RAY_AUTH_TOKEN" >&2
+  exit 2
+fi
 
 ray start --address="${HEAD_ADDRESS}:${RAY_PORT}" --node-ip-address="${NODE_IP}" "${extra[@]}"
