@@ -83,7 +83,7 @@ def test_killed_search_run_resumes_to_the_uninterrupted_result(peaky_model, demo
                    capture_output=True, timeout=300)
     out = tmp_path / "killed.jsonl"
     rng, kills = random.Random(0), 0
-    for _ in range(4):
+    for _ in range(2):
         proc = subprocess.Popen(infer_cmd(model, demo4, out, model, "mcts", "--workers", "1"), cwd=ROOT, env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(rng.uniform(5.0, 9.0))

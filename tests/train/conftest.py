@@ -192,3 +192,24 @@ def ppo_loss_fn(actor_config):
     from verl.workers.utils.losses import ppo_loss
 
     return partial(ppo_loss, config=actor_config)
+
+
+@pytest.fixture(scope="session")
+def cpu_loop_data(tmp_path_factory, qwq_tokenizer):
+    """The CPU loop's inputs, written as docs/train.md "CPU runs" writes them: the tiny reasoner policy and
+    one-digit-sum training/validation parquet files (read-only for the runs that use them)."""
+    import json
+    import subprocess
+    import sys
+
+    from metastone.assets.tiny import make_tiny_reasoner, reasoner_problems
+
+    root = tmp_path_factory.mktemp("cpu_loop")
+    model = make_tiny_reasoner(root / "model", qwq_tokenizer)
+    problems = root / "problems.jsonl"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in reasoner_problems(64, seed=1)))
+    proc = subprocess.run([sys.executable, "-m", "metastone.data.prepare", "--input", problems, "--output",
+                           root / "train.parquet", "--val-output", root / "val.parquet", "--val-size", "8"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"model": model, "train": root / "train.parquet", "val": root / "val.parquet"}
