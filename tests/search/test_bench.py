@@ -24,6 +24,7 @@ def bench(model, data, out, budgets, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.serve  # runs in the serving suite: balances `make test`'s two suites (dev/LOG.md)
 def test_bench_measures_every_strategy_within_budget_and_resumes(peaky_model, demo4, tmp_path):
     model, _ = peaky_model
     out = tmp_path / "bench"

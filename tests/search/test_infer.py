@@ -37,6 +37,7 @@ def contents(path):
 
 
 @pytest.mark.slow
+@pytest.mark.serve  # runs in the serving suite: balances `make test`'s two suites (dev/LOG.md)
 @pytest.mark.parametrize("strategy", ["beam", "mcts"])
 def test_search_through_inference_py_and_the_metric(strategy, peaky_model, demo4, tmp_path):
     model, sep = peaky_model
@@ -74,6 +75,7 @@ def test_bon_flags_and_search_flags_do_not_mix(tiny_model_dir, demo4, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serve  # (see above)
 def test_killed_search_run_resumes_to_the_uninterrupted_result(peaky_model, demo4, tmp_path):
     """With ``--workers 1`` no other question shares a batch, so the contents match bit for bit (with more
     workers, questions share padded batches and the numbers can differ in float rounding)."""
