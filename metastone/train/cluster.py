@@ -33,12 +33,24 @@ LOSS_GRACE_S = 45.0
 
 def describe_resume_point(checkpoint_dir: str | Path) -> str:
     """Where the same command, rerun, resumes from (``latest_checkpointed_iteration.txt``)."""
-    tracker = Path(checkpoint_dir) / "latest_checkpointed_iteration.txt"
+    from metastone.train.checkpoints import TRACKER
+
+    tracker = Path(checkpoint_dir) / TRACKER
     try:
         step = tracker.read_text().strip()
     except OSError:
         return f"no complete checkpoint in {checkpoint_dir} yet: a rerun starts from step 0"
     return f"the last complete checkpoint is {Path(checkpoint_dir) / f'global_step_{step}'}"
+
+
+def cluster_nodes() -> dict[str, dict] | None:
+    """``ray.nodes()`` by node ID; None while the driver shuts down or the GCS is briefly unreachable."""
+    import ray
+
+    try:
+        return {node["NodeID"]: node for node in ray.nodes()}
+    except Exception:
+        return None
 
 
 class NodeWatch(threading.Thread):
@@ -57,9 +69,8 @@ class NodeWatch(threading.Thread):
         while not ray.is_initialized():  # verl's run_ppo connects to the cluster
             time.sleep(0.2)
         while ray.is_initialized():
-            try:
-                nodes = {node["NodeID"]: node for node in ray.nodes()}
-            except Exception:  # the driver is shutting down, or the GCS is briefly unreachable
+            nodes = cluster_nodes()
+            if nodes is None:
                 time.sleep(self.period_s)
                 continue
             if not self.watched:
@@ -78,10 +89,8 @@ class NodeWatch(threading.Thread):
 
         deadline = time.monotonic() + timeout_s
         while self.watched and ray.is_initialized():
-            try:
-                lost = self.lost({node["NodeID"]: node for node in ray.nodes()})
-            except Exception:
-                lost = []
+            nodes = cluster_nodes()
+            lost = self.lost(nodes) if nodes is not None else []
             if lost or time.monotonic() > deadline:
                 return lost
             time.sleep(0.5)
