@@ -80,6 +80,7 @@ async def main_async(args) -> None:
     from metastone.harness.infer import run_config
     from metastone.harness.runner import pending_requests, run
     from metastone.records import RecordStore
+    from metastone.sampling import DEMO_SAMPLING, sampling_kwargs
     from metastone.serve.vllm_cpu import cpu_dtype
     from metastone.serve.vllm_scorer import VLLMScorer
 
@@ -96,7 +97,7 @@ async def main_async(args) -> None:
         given = {k: v for k, v in (("batch_size", args.batch_size), ("workers", args.workers),
                                    ("group_by_question", args.group_by_question or None)) if v is not None}
         return run_config(task, root / f"{name}.jsonl", model_dir, args.drafts, backend="vllm", seed=args.seed,
-                          max_tokens=args.max_tokens, temperature=0.7, top_p=0.95, repetition_penalty=1.0, **given)
+                          **{**sampling_kwargs(DEMO_SAMPLING), "max_tokens": args.max_tokens}, **given)
 
     cfg = config("plan")
     with RecordStore(root / "plan.jsonl") as empty:
@@ -160,8 +161,8 @@ async def main_async(args) -> None:
     await fused.close()
 
     tokens = sum(len(ids) for ids in rows["d"][2].values())
-    print(f"\n{args.questions} questions x {args.drafts} drafts = {n} drafts, <= {args.max_tokens} tokens, T 0.7, "
-          f"top-p 0.95, seed {args.seed}; model {model_dir.name} ({dtype}), {os.cpu_count()} CPU threads; "
+    print(f"\n{args.questions} questions x {args.drafts} drafts = {n} drafts, <= {args.max_tokens} tokens, T {DEMO_SAMPLING.temperature}, "
+          f"top-p {DEMO_SAMPLING.top_p}, seed {args.seed}; model {model_dir.name} ({dtype}), {os.cpu_count()} CPU threads; "
           f"(d) generated {tokens} tokens")
     print(f"{'row':<78} {'seconds':>8} {'drafts/s':>9} {'tokens/s':>9} {'x (d)':>7} {'same tokens as (d)':>19}")
     for key in ("d", "c", "b"):

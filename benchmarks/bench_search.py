@@ -29,6 +29,9 @@ import json
 import time
 from pathlib import Path
 
+from metastone.cli.flags import add_config_flags
+from metastone.sampling import Sampling
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,10 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max_tokens", type=int, default=64, help="most tokens of one trace")
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top_p", type=float, default=0.95)
-    p.add_argument("--repetition_penalty", type=float, default=1.05)
+    # the paper's sampling (metastone.sampling.Sampling), but 64-token traces: the demo task's short answers
+    add_config_flags(p, Sampling, only=("max_tokens", "temperature", "top_p", "repetition_penalty"),
+                     defaults={"max_tokens": 64}, helps={"max_tokens": "most tokens of one trace"})
     p.add_argument("--bon_max", type=int, default=48, help="drafts sampled per question for BoN (enough to fill the largest budget)")
     p.add_argument("--beam_width", type=int, default=2)
     p.add_argument("--expansions", type=int, default=4)

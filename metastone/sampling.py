@@ -10,7 +10,7 @@ says so where it declares it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Sequence
 
 
@@ -19,32 +19,35 @@ class Sampling:
     # Defaults: MetaStone-S1's evaluation setting (the paper, arXiv 2507.01951, as docs/harness.md
     # records it): temperature 0.6, top_p 0.95, repetition penalty 1.05, up to 32768 new tokens (what
     # the original release's client sends).
-    max_tokens: int = 32768
-    temperature: float = 0.6
-    top_p: float = 0.95
-    repetition_penalty: float = 1.05
+    max_tokens: int = field(default=32768, metadata={"help": "most new tokens of one draft"})
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature (0 = greedy)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling: keep the smallest token set of this mass"})
+    repetition_penalty: float = field(default=1.05, metadata={"help": "HF/vLLM repetition penalty (1 = off)"})
     stop: tuple[str, ...] = ()
     # Token ids that end a request (kept in token_ids, cut from the text): search sends the SPRM step
     # separators here to sample exactly one step per request. Empty = not sent (Best-of-N).
     stop_token_ids: tuple[int, ...] = ()
     # The run seed: each request's own seed derives from it (``request_seed`` below) and travels with the
     # request (``DraftRequest.seed``); engines sample with that one.
-    seed: int = 0
+    seed: int = field(default=0, metadata={
+        "help": "run seed; each draft's seed derives from it, the question and the draft index"})
 
     def __post_init__(self):
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 
     def check(self) -> "Sampling":
-        """Raise ``ValueError`` naming the first option out of range (engines call it before sampling)."""
-        if self.max_tokens <= 0:
-            raise ValueError(f"max_tokens must be positive, got {self.max_tokens}.")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be positive (1 = off), got {self.repetition_penalty}.")
+        """Raise ``ValueError`` naming the first option out of range and the fix (engines call it before
+        sampling; every config that samples calls it from its own validation: the one range check)."""
+        problems = (
+            ("max_tokens", self.max_tokens <= 0, "must be positive", "Give the most new tokens per draft, e.g. 4096."),
+            ("temperature", self.temperature < 0, "must be >= 0", "Use 0 for greedy or the paper's 0.6."),
+            ("top_p", not 0 < self.top_p <= 1, "must be in (0, 1]", "Use 1.0 to turn nucleus sampling off."),
+            ("repetition_penalty", self.repetition_penalty <= 0, "must be positive", "Use 1.0 to turn it off."),
+        )
+        for name, bad, rule, fix in problems:
+            if bad:
+                raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}. {fix}")
         return self
 
     @classmethod
@@ -55,6 +58,17 @@ class Sampling:
 
 
 DEFAULT_SAMPLING = Sampling()
+# The small-model settings: short drafts at temperature 0.7, no repetition penalty. ``metastone train-sprm``
+# samples its training drafts this way (FitConfig's defaults) and ``metastone demo`` / ``demo-train``'s
+# evaluation sample the demo's 64-token answers so (the shipped demo head was fitted on such drafts).
+FIT_SAMPLING = Sampling(max_tokens=256, temperature=0.7, repetition_penalty=1.0)
+DEMO_SAMPLING = replace(FIT_SAMPLING, max_tokens=64)
+
+
+def sampling_kwargs(sampling: Sampling) -> dict:
+    """The four flat sampling options of a config (``max_tokens``, ``temperature``, ``top_p``,
+    ``repetition_penalty``) as keyword arguments."""
+    return {k: getattr(sampling, k) for k in ("max_tokens", "temperature", "top_p", "repetition_penalty")}
 
 
 def request_seed(run_seed: int, question_id: str, path: Sequence[int]) -> int:

@@ -172,11 +172,12 @@ def main(args) -> int:
 
     from metastone.engines import EngineConfig, make_engines
     from metastone.harness.infer import infer, run_config
+    from metastone.sampling import DEMO_SAMPLING, sampling_kwargs
 
     t0 = time.monotonic()
     with load_task("demo", questions) as task:
-        cfg = run_config(task, drafts, model, args.drafts, backend=args.backend, seed=args.seed, max_tokens=64, temperature=0.7,
-                         top_p=0.95, repetition_penalty=1.0)
+        cfg = run_config(task, drafts, model, args.drafts, backend=args.backend, seed=args.seed,
+                         **sampling_kwargs(DEMO_SAMPLING))
         engines = EngineConfig(model_dir=str(model), backend=args.backend, dtype=dtype, max_model_len=512,
                                score_while_generating=not args.separate_scorer)
 

@@ -38,9 +38,11 @@ import sys
 import time
 from pathlib import Path
 
+from metastone.sampling import DEMO_SAMPLING, sampling_kwargs
+
 PRESET = "demo_smollm2"
-# the evaluation's sampling, as `metastone demo` (few-shot prompt, T=0.7, top-p 0.95, no repetition penalty)
-EVAL_SAMPLING = dict(max_tokens=64, temperature=0.7, top_p=0.95, repetition_penalty=1.0)
+# the evaluation's sampling: `metastone demo`'s (metastone.sampling.DEMO_SAMPLING)
+EVAL_SAMPLING = sampling_kwargs(DEMO_SAMPLING)
 # what each step prints: (label, metrics key, format)
 STEP_COLUMNS = (
     ("reward", "critic/score/mean", "{:.3f}"),

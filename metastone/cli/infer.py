@@ -20,36 +20,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from dataclasses import fields
 
+from metastone.cli.flags import add_config_flags
 from metastone.engines.http import SERVICE_WAIT_S
+from metastone.sampling import Sampling
 from metastone.serve.vllm_cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
 
 
-# search options that are flags (the rest come from the run: seed, sampling, stop strings, separators)
-SEARCH_FLAGS = (
-    ("token_budget", int, "generated tokens per question, all requests together"),
-    ("time_budget_s", float, "seconds per question after which no request starts"),
-    ("max_depth", int, "most steps of one trace"),
-    ("max_step_tokens", int, "most tokens of one step"),
-    ("expansions", int, "children sampled per expanded node"),
-    ("beam_width", int, "beam: beams kept per step"),
-    ("c_uct", float, "mcts: UCT exploration constant"),
-    ("max_iterations", int, "mcts: most expansions per question"),
-    ("widening", float, "mcts: progressive widening exponent (0 = off)"),
-    ("max_children", int, "mcts: most children of one node under widening"),
-    ("backup", str, "mcts: mean | max"),
-    ("final", str, "mcts: answer rule, value | visits"),
-    ("aggregation", str, "path value from step scores: geomean | min | last | product | mean"),
-)
+# search options that are flags (the rest come from the run: seed, sampling, stop strings, separators); each
+# flag's type and help come from the strategies' config fields (metastone.search), its default is None: unset
+# options take the strategy's own default
+SEARCH_FLAGS = ("token_budget", "time_budget_s", "max_depth", "max_step_tokens", "expansions", "beam_width", "c_uct",
+                "max_iterations", "widening", "max_children", "backup", "final", "aggregation")
+# the sampling options that are flags, from metastone.sampling.Sampling (type, default and help)
+SAMPLING_FLAGS = ("seed", "max_tokens", "temperature", "top_p", "repetition_penalty")
+
+
+def add_search_flags(group) -> None:
+    from metastone.search import STRATEGIES
+
+    left = list(SEARCH_FLAGS)
+    for strategy, (cls, _) in STRATEGIES.items():
+        names = {f.name for f in fields(cls)}
+        mine = [n for n in left if n in names]
+        if not mine:
+            continue
+        others = [s for s, (c, _) in STRATEGIES.items() if s != "bon" and {f.name for f in fields(c)} >= set(mine)]
+        prefix = "" if len(others) > 1 or strategy == "bon" else f"{strategy}: "
+        helps = {f.name: prefix + f.metadata.get("help", "") for f in fields(cls) if f.name in mine}
+        add_config_flags(group, cls, only=mine, defaults=dict.fromkeys(mine), helps=helps)
+        left = [n for n in left if n not in mine]
 
 
 def search_options(args, stop, separator_ids) -> dict:
     """The search config's options from the flags (validated by the strategy's config class)."""
     from metastone.search import make_config
 
-    given = {name: getattr(args, name) for name, _, _ in SEARCH_FLAGS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in SEARCH_FLAGS if getattr(args, name) is not None}
     cfg = make_config(args.strategy, seed=args.seed, max_tokens=args.max_tokens, temperature=args.temperature,
                       top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=tuple(stop),
                       separator_ids=tuple(separator_ids), max_retries=args.max_retries, **given)
@@ -57,7 +67,7 @@ def search_options(args, stop, separator_ids) -> dict:
 
 
 def _check_strategy_flags(args) -> None:
-    given = [name for name, _, _ in SEARCH_FLAGS if getattr(args, name) is not None]
+    given = [name for name in SEARCH_FLAGS if getattr(args, name) is not None]
     if args.strategy == "bon":
         if given or args.head_path:
             extra = ["--" + n for n in given] + (["--head_path"] if args.head_path and args.backend == "server" else [])
@@ -84,11 +94,7 @@ def make_parser(subparsers):
     p.add_argument("--backend", choices=["server", "vllm", "hf"], default=None, help="default: server if URLs are given")
     p.add_argument("--total_parts", "--total-parts", dest="total_parts", type=int, default=1)
     p.add_argument("--part", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0, help="run seed; each draft's seed derives from it, the question and the draft index")
-    p.add_argument("--max_tokens", "--max-tokens", dest="max_tokens", type=int, default=32768)
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=0.95)
-    p.add_argument("--repetition_penalty", "--repetition-penalty", dest="repetition_penalty", type=float, default=1.05)
+    add_config_flags(p, Sampling, only=SAMPLING_FLAGS)
     p.add_argument("--chat_template", "--chat-template", dest="chat_template", choices=["auto", "on", "off"], default="auto",
                    help="apply the tokenizer's chat template to the task prompt (auto: the task decides)")
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None, help="drafts per batch (default: 128 vllm, 16 hf, 8 server; metastone.harness.infer.IN_FLIGHT)")
@@ -116,9 +122,7 @@ def make_parser(subparsers):
                    help="bon: K = n_samples x branch drafts per question (default); beam / mcts: one SPRM-guided search per question")
     g.add_argument("--head", "--head_path", "--head-path", dest="head_path", default=None,
                    help="SPRM head folder/file (default: the model folder); its sprm_config.json names the step separators")
-    for name, typ, help_ in SEARCH_FLAGS:
-        flags = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])
-        g.add_argument(*flags, dest=name, type=typ, default=None, help=help_)
+    add_search_flags(g)
     p.set_defaults(func=main)
     return p
 

@@ -36,6 +36,7 @@ from metastone.sampling import DEFAULT_SAMPLING as SAMPLING
 from metastone.sampling import request_seed as node_seed  # a node's seed; one-step path (d,) = draft d's
 from metastone.sprm import aggregate_list
 from metastone.sprm.aggregate import AGGREGATIONS
+from metastone.sprm.config import head_field
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class SearchConfig:
     repetition_penalty: float = _f(SAMPLING.repetition_penalty, "HF/vLLM repetition penalty (1 = off)")
     stop: tuple[str, ...] = _f((), "the task's stop strings: a trace ends there (e.g. the demo's '\\n\\n')")
     separator_ids: tuple[int, ...] = _f((), "SPRM step separator token ids (StepSpec.separator_ids); tree strategies stop each step there")
-    aggregation: str = _f("geomean", "how a path's step scores make its value (metastone.sprm.aggregate)")
+    aggregation: str = head_field("aggregation", "how a path's step scores make its value (metastone.sprm.aggregate)")
     token_budget: int | None = _f(None, "most generated tokens per question, all requests together (None = no limit)")
     time_budget_s: float | None = _f(None, "no new request starts after this many seconds per question (None = no limit)")
     max_retries: int = _f(2, "a failed generation request is retried alone this many times")
@@ -81,14 +82,10 @@ class SearchConfig:
     def __post_init__(self):
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "separator_ids", tuple(int(i) for i in self.separator_ids))
-        if self.max_tokens < 1:
-            self._fail("max_tokens", "must be >= 1", "Set the most response tokens per trace, e.g. 4096.")
-        if self.temperature < 0:
-            self._fail("temperature", "must be >= 0", "Use 0 for greedy or the paper's 0.6.")
-        if not 0 < self.top_p <= 1:
-            self._fail("top_p", "must be in (0, 1]", "Use 1.0 to turn nucleus sampling off.")
-        if self.repetition_penalty <= 0:
-            self._fail("repetition_penalty", "must be > 0", "Use 1.0 to turn it off.")
+        try:
+            Sampling.of(self).check()
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__}.{exc}") from None
         if self.aggregation not in AGGREGATIONS:
             self._fail("aggregation", f"must be one of {', '.join(AGGREGATIONS)}", "The paper uses geomean.")
         if self.token_budget is not None and self.token_budget < 1:

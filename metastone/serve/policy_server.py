@@ -34,6 +34,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from metastone.sampling import DEFAULT_SAMPLING
 from metastone.serve.http import DEFAULT_MAX_IN_FLIGHT, add_load_guard, bad_request, make_auth_dependency
 from metastone.serve.cpu_sampling import SETTINGS, split_sampling, valid_setting
 from metastone.serve.worker_thread import WorkerThread
@@ -44,11 +45,14 @@ logger = logging.getLogger(__name__)
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prefix_prompt: str = Field(min_length=1, description="the prompt text, chat template already applied")
+    # The /generate body's defaults are the original policy server's (a request that leaves them out gets what it
+    # got there): 1024 tokens and no repetition penalty, unlike our engines' Sampling defaults; temperature and
+    # top_p are the same as Sampling's. The original client sends all of them.
     max_tokens: int = Field(1024, gt=0)
     response_num: int = Field(1, gt=0, le=1024)
     stop: list[str] | str | None = None
-    temperature: float = Field(0.6, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
+    temperature: float = Field(DEFAULT_SAMPLING.temperature, ge=0)
+    top_p: float = Field(DEFAULT_SAMPLING.top_p, gt=0, le=1)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, as vLLM
     repetition_penalty: float = Field(1.0, gt=0)
     return_token_ids: bool = False
@@ -58,7 +62,8 @@ class GenerateRequest(BaseModel):
 
 
 class CompletionRequest(BaseModel):
-    """The subset of OpenAI ``/v1/completions`` that the HF backend implements."""
+    """The subset of OpenAI ``/v1/completions`` that the HF backend implements (with OpenAI's and vLLM's defaults
+    for what a request leaves out: 16 tokens, temperature 1, top_p 1; our clients always send Sampling's)."""
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None

@@ -48,7 +48,8 @@ class SPRMConfig:
     think_tokens: tuple[str, str] | None = field(
         default=DEFAULT_THINK_TOKENS, metadata={"help": "(start, end) think tokens, or None"}
     )
-    aggregation: str = field(default="geomean", metadata={"help": "geomean|min|last|product|mean"})
+    aggregation: str = field(default="geomean", metadata={"help": "trajectory score from step scores",
+                                                           "choices": AGGREGATIONS})
     dropout: float = field(default=0.5, metadata={"help": "head dropout in training"})
 
     def __post_init__(self):
@@ -121,3 +122,16 @@ class SPRMConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}.")
         return cls.from_dict(data, source=str(path))
+
+
+def head_field(name: str, help: str | None = None):
+    """A dataclass field for the head option ``name`` with ``SPRMConfig``'s default (and help, unless given):
+    the configs that expose head options (training, train-sprm) declare them with it, so each default is
+    stated once, here."""
+    if name not in HEAD_OPTIONS:
+        raise KeyError(f"{name!r} is not a head option ({', '.join(HEAD_OPTIONS)})")
+    f = next(f for f in fields(SPRMConfig) if f.name == name)
+    metadata = dict(f.metadata)
+    if help is not None:
+        metadata["help"] = help
+    return field(default=f.default, metadata=metadata)

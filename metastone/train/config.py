@@ -13,9 +13,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from metastone.sprm import SPRMConfig
-from metastone.sprm.config import HEAD_OPTIONS
+from metastone.sprm.config import HEAD_OPTIONS, head_field
 from metastone.sprm.loss import AGREEMENTS, INVALID_OUTCOMES
-from metastone.sprm.steps import DEFAULT_SEPARATORS, DEFAULT_THINK_TOKENS
 
 SECTION = "actor_rollout_ref.sprm"
 # actor_rollout_ref.model.model_type that selects metastone.train.engine.SPRMEngine
@@ -46,11 +45,11 @@ class SPRMTrainConfig:
 
     enable: bool = field(default=True, metadata={"help": "train the SPRM head; false = plain GRPO"})
     hidden_size: int | None = field(default=None, metadata={"help": "expected backbone d; null = the model's"})
-    feature_layer: int = field(default=-2, metadata={"help": "HF hidden_states index read by the head"})
-    separators: tuple[str, ...] = field(default=DEFAULT_SEPARATORS, metadata={"help": "step separator strings"})
-    think_tokens: tuple[str, str] | None = field(default=DEFAULT_THINK_TOKENS, metadata={"help": "(start, end)"})
-    aggregation: str = field(default="geomean", metadata={"help": "trajectory score for metrics and export"})
-    dropout: float = field(default=0.5, metadata={"help": "head dropout (train mode only)"})
+    feature_layer: int = head_field("feature_layer")
+    separators: tuple[str, ...] = head_field("separators")
+    think_tokens: tuple[str, str] | None = head_field("think_tokens")
+    aggregation: str = head_field("aggregation", "trajectory score for metrics and export")
+    dropout: float = head_field("dropout", "head dropout (train mode only)")
     init_head_path: str | None = field(default=None, metadata={"help": "start from this head file/folder"})
     loss_coef: float = field(default=1.0, metadata={"help": "weight of the SPR loss next to the PPO loss"})
     backbone_grad_scale: float = field(default=1e-4, metadata={"help": "share of SPR gradient reaching the backbone"})
