@@ -27,7 +27,6 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-HEAD_FILES = ("sprm_head.safetensors", "sprm_config.json", "score_module.pt")
 
 
 def make_parser(subparsers):
@@ -54,6 +53,7 @@ def prepare_model_folder(out: Path, head: Path) -> Path:
     """``out/model``: links to the converted policy's files plus the head files (a released-style folder)."""
     from metastone.assets.smollm2 import demo_model_dir
     from metastone.fit.pipeline import link_model_files
+    from metastone.sprm.io import HEAD_FILES
 
     policy = demo_model_dir()
     folder = out / "model"

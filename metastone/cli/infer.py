@@ -157,7 +157,7 @@ async def _main(args) -> int:
         from metastone.search import step_spec_for
 
         try:
-            spec = step_spec_for(tokenizer, args.head_path or args.model_dir)
+            spec = step_spec_for(tokenizer, args.model_dir, args.head_path)
         except FileNotFoundError as exc:
             raise ValueError(f"{exc} Search cuts steps at the SPRM head's separators: pass --head_path (a head "
                              "folder with sprm_config.json, or score_module.pt for the paper's '.\\n\\n').") from None

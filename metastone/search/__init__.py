@@ -75,25 +75,12 @@ def record_searcher(strategy: str, options: dict, policy, scorer, tokenizer, sto
     return searcher
 
 
-def sprm_config_for(head_path: str | Path):
-    """The ``SPRMConfig`` a head folder/file declares, or the paper's defaults for a released ``score_module.pt``.
+def step_spec_for(tokenizer, model_dir: str | Path, head_path: str | Path | None = None):
+    """The ``StepSpec`` (separator and think token ids) of the SPRM head a model is scored with (the head in
+    ``head_path``, default the model folder; ``metastone.sprm.locate_head_config``)."""
+    from metastone.sprm import locate_head_config, resolve_step_spec
 
-    Reads only the config (no weights), with the rule ``metastone.sprm.load_head`` uses.
-    """
-    from metastone.sprm import CONFIG_FILE, SPRMConfig, find_head_file
-
-    head_file = find_head_file(head_path)
-    config_file = head_file.with_name(CONFIG_FILE)
-    if head_file.suffix == ".safetensors" and config_file.is_file():
-        return SPRMConfig.load(config_file)
-    return SPRMConfig(hidden_size=1)  # hidden_size is not needed for the steps; defaults = the paper's
-
-
-def step_spec_for(tokenizer, head_path: str | Path):
-    """The ``StepSpec`` (separator and think token ids) the SPRM head at ``head_path`` is scored with."""
-    from metastone.sprm import resolve_step_spec
-
-    cfg = sprm_config_for(head_path)
+    cfg = locate_head_config(model_dir, head_path)
     return resolve_step_spec(tokenizer, cfg.separators, cfg.think_tokens)
 
 
@@ -112,6 +99,6 @@ def trace_text(tokenizer, token_ids, stop=(), finish_reason: str | None = None, 
 
 __all__ = [
     "STRATEGIES", "BestOfNConfig", "BeamSearchConfig", "MCTSConfig", "SearchConfig", "Question", "Node", "SearchResult",
-    "SearchStats", "SearchError", "node_seed", "make_config", "run_search", "step_spec_for", "sprm_config_for", "trace_text",
+    "SearchStats", "SearchError", "node_seed", "make_config", "run_search", "step_spec_for", "trace_text",
     "record_searcher",
 ]

@@ -28,8 +28,9 @@ import torch
 from metastone.sprm import (
     SPRMConfig,
     aggregate_list,
+    backbone_hidden_size,
     extract_features,
-    load_head,
+    locate_head,
     resolve_step_spec,
     step_mask,
     step_positions,
@@ -188,10 +189,9 @@ class HFScorer:
         self.device = torch.device(device)
         self.dtype = parse_dtype(dtype)
         hf_config = AutoConfig.from_pretrained(model_dir)
-        hidden = getattr(hf_config, "hidden_size", None) or hf_config.get_text_config().hidden_size
         if lang is not None and config is None:
-            config = SPRMConfig.for_lang(hidden, lang)
-        self.head, self.config = load_head(head_path or model_dir, hidden_size=hidden, dtype=self.dtype, config=config)
+            config = SPRMConfig.for_lang(backbone_hidden_size(hf_config), lang)
+        self.head, self.config = locate_head(model_dir, head_path, hf_config=hf_config, dtype=self.dtype, config=config)
         self.head.to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.spec = resolve_step_spec(self.tokenizer, self.config.separators, self.config.think_tokens)

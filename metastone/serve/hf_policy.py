@@ -71,13 +71,12 @@ class HFPolicy:
     def attach_head(self, head_path: str | Path | None = None):
         """Score while generating with the SPRM head in ``head_path`` (default: the model folder); returns
         the head's ``SPRMConfig`` (separators, aggregation) for turning ``Draft.token_probs`` into step scores."""
-        from metastone.sprm import load_head
+        from metastone.sprm import locate_head
         from metastone.sprm.features import backbone, layer_input_index
 
         if self.head is not None:
             raise ValueError("a head is already attached to this policy.")
-        hidden = self.model.config.get_text_config().hidden_size
-        head, config = load_head(head_path or self.model_dir, hidden_size=hidden, dtype=self.model.dtype)
+        head, config = locate_head(self.model_dir, head_path, hf_config=self.model.config, dtype=self.model.dtype)
         layers = backbone(self.model).layers
         layer = layers[layer_input_index(len(layers), config.feature_layer)]
 

@@ -81,17 +81,16 @@ class StepScoreCollector:
         import tempfile
 
         import torch
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        from metastone.sprm import load_head, resolve_step_spec
+        from metastone.sprm import locate_head, resolve_step_spec
 
         if vllm and torch.cuda.is_available():
             raise ValueError("score_while_generating is verified on vLLM's CPU engine only; on a GPU score with the "
                              "separate SPRM scorer (the default) or use the hf backend, until the check in "
                              "docs/serving.md has been run there.")
         if config is None:
-            hidden = AutoConfig.from_pretrained(model_dir).get_text_config().hidden_size
-            _, config = load_head(head_path or model_dir, hidden_size=hidden)
+            _, config = locate_head(model_dir, head_path)
         self.config = config
         self.spec = resolve_step_spec(AutoTokenizer.from_pretrained(model_dir), config.separators, config.think_tokens)
         self.model_dir, self.head_path = model_dir, head_path

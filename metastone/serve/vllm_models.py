@@ -6,7 +6,7 @@ the top-p and repetition penalty our CPU generation engines sample with (``serve
 The one file that imports vLLM internals (pinned: vLLM 0.32). The backbone is vLLM's own
 ``Qwen2Model``/``LlamaModel``; its EAGLE auxiliary-hidden-state hook returns ``hidden + residual``
 entering decoder layer k, which is exactly HF ``hidden_states[k]``; the head is
-``metastone.sprm.SPRMHead`` loaded with ``metastone.sprm.load_head`` from the model folder (or from
+``metastone.sprm.SPRMHead`` loaded with ``metastone.sprm.locate_head`` from the model folder (or from
 ``hf_overrides={"sprm_head_path": ...}``). ``forward`` returns one logit per token; the
 token-classify pooler applies the sigmoid (one label), so ``/pooling`` and ``LLM.encode`` return
 per-token probabilities. The backbone stops at the feature layer: the layers after it never run.
@@ -33,7 +33,7 @@ from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM, Qwen2Model
 from vllm.model_executor.models.utils import AutoWeightsLoader, maybe_prefix
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from metastone.sprm import load_head
+from metastone.sprm.io import head_location, locate_head
 from metastone.sprm.io import HEAD_KEYS
 from metastone.sprm.features import layer_input_index
 from metastone.serve.cpu_sampling import SETTINGS, repetition_penalty_, top_p_filter_, valid_setting
@@ -47,14 +47,14 @@ def _attach_head(module: nn.Module, vllm_config: VllmConfig) -> None:
     layer's input as its auxiliary state: sets ``sprm_head``, ``sprm_config`` and ``feature_index``."""
     model_config = vllm_config.model_config
     text_config = model_config.hf_config.get_text_config()
-    head_path = getattr(model_config.hf_config, "sprm_head_path", None) or model_config.model
-    if not Path(head_path).exists():
+    head_path = head_location(model_config.model, getattr(model_config.hf_config, "sprm_head_path", None))
+    if not head_path.exists():
         raise FileNotFoundError(
             f"SPRM head location {head_path!r} does not exist locally; pass a local model folder or "
             "hf_overrides={'sprm_head_path': '/path/to/score_module.pt'}."
         )
-    module._head_source = head_path
-    head, sprm_config = load_head(head_path, hidden_size=text_config.hidden_size)
+    module._head_source = str(head_path)
+    head, sprm_config = locate_head(model_config.model, head_path, hf_config=model_config.hf_config)
     module.sprm_config = sprm_config
     module.sprm_head = head.to(model_config.head_dtype)
     module.feature_index = layer_input_index(text_config.num_hidden_layers, sprm_config.feature_layer)

@@ -23,7 +23,7 @@ from typing import Sequence
 from metastone.serve.scoring import MEMO_ENTRIES, StepScoreMemo, TraceScore, check_batch, trace_score_from_token_probs
 from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_block_kwargs, cpu_memory_kwargs
 from metastone.serve.vllm_plugin import sprm_architecture
-from metastone.sprm import SPRMConfig, load_head, resolve_step_spec
+from metastone.sprm import SPRMConfig, backbone_hidden_size, locate_head, resolve_step_spec
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,9 @@ class VLLMScorer:
         model_dir = Path(model_dir)
         overrides = sprm_hf_overrides(model_dir, head_path)
         hf_config = AutoConfig.from_pretrained(model_dir)
-        hidden = hf_config.get_text_config().hidden_size
         if lang is not None and config is None:
-            config = SPRMConfig.for_lang(hidden, lang)
-        _, self.config = load_head(head_path or model_dir, hidden_size=hidden, config=config)
+            config = SPRMConfig.for_lang(backbone_hidden_size(hf_config), lang)
+        _, self.config = locate_head(model_dir, head_path, hf_config=hf_config, config=config)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.spec = resolve_step_spec(self.tokenizer, self.config.separators, self.config.think_tokens)
         bind_all_cores_on_small_hosts()

@@ -29,6 +29,8 @@ from metastone.sprm.head import SPRMHead
 HEAD_FILE = "sprm_head.safetensors"
 CONFIG_FILE = "sprm_config.json"
 RELEASED_HEAD_FILE = "score_module.pt"
+# every file a head may consist of (ours, its config, the released format)
+HEAD_FILES = (HEAD_FILE, CONFIG_FILE, RELEASED_HEAD_FILE)
 MODEL_WEIGHTS_FILE = "model.safetensors"
 MODEL_WEIGHTS_INDEX = "model.safetensors.index.json"
 HEAD_KEYS = ("0.weight", "0.bias", "3.weight", "3.bias")
@@ -149,3 +151,45 @@ def load_head(
     if dtype is not None:
         head.to(dtype)
     return head.eval(), config
+
+
+def backbone_hidden_size(model) -> int:
+    """The backbone's hidden size d: from a model folder's ``config.json`` or an HF config object (the text
+    config of a multimodal one)."""
+    if isinstance(model, (str, Path)):
+        file = Path(model) / "config.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"{model}: no config.json; expected a Hugging Face model folder.")
+        data = json.loads(file.read_text())
+        d = (data.get("text_config") or {}).get("hidden_size") or data.get("hidden_size")
+    else:
+        text = model.get_text_config() if hasattr(model, "get_text_config") else model
+        d = getattr(text, "hidden_size", None) or getattr(model, "hidden_size", None)
+    if not isinstance(d, int) or d <= 0:
+        raise ValueError(f"{model}: no positive hidden_size in the model config (top level or text_config).")
+    return d
+
+
+def head_location(model_dir: str | Path, head_path: str | Path | None = None) -> Path:
+    """Which head a model is scored with: ``head_path`` when given (a head folder or file), else the model folder
+    (``sprm_head.safetensors`` + ``sprm_config.json`` preferred over the released ``score_module.pt``)."""
+    return Path(head_path or model_dir)
+
+
+def locate_head(model_dir: str | Path, head_path: str | Path | None = None, *, hf_config=None,
+                dtype: torch.dtype | None = None, config: SPRMConfig | None = None) -> tuple[SPRMHead, SPRMConfig]:
+    """The one head locator: the head at ``head_location(model_dir, head_path)``, checked against the backbone's
+    hidden size (``hf_config``'s when the caller has it loaded, else ``model_dir/config.json``'s); ``dtype`` and
+    ``config`` as ``load_head``. Every scorer, policy and command loads its head through here."""
+    hidden = backbone_hidden_size(hf_config if hf_config is not None else model_dir)
+    return load_head(head_location(model_dir, head_path), hidden_size=hidden, dtype=dtype, config=config)
+
+
+def locate_head_config(model_dir: str | Path, head_path: str | Path | None = None) -> SPRMConfig:
+    """The ``SPRMConfig`` of the head ``locate_head`` would load, reading no weights: its ``sprm_config.json``, or
+    the paper's defaults for a released ``score_module.pt`` (whose d is not needed for steps; 1 here)."""
+    file = find_head_file(head_location(model_dir, head_path))
+    config_file = file.with_name(CONFIG_FILE)
+    if file.suffix == ".safetensors" and config_file.is_file():
+        return SPRMConfig.load(config_file)
+    return SPRMConfig(hidden_size=1)

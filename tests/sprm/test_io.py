@@ -104,3 +104,31 @@ def test_head_beside_single_file_weights_gets_an_index(tmp_path, qwq_tokenizer):
     assert set(index["weight_map"].values()) == {"model.safetensors"}
     assert not any(k.startswith(("0.", "3.")) for k in index["weight_map"])
     assert ensure_weights_index(folder) is None  # an existing index is left alone
+
+
+def test_locate_head_one_rule_for_which_head_and_its_size(tmp_path):
+    """``locate_head``: the head in --head when given, else the model folder's (ours preferred over the released
+    file), checked against the backbone's hidden size read from config.json (top level or text_config)."""
+    from metastone.sprm import backbone_hidden_size, locate_head, locate_head_config
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 8}}))
+    assert backbone_hidden_size(model) == 8
+    torch.manual_seed(0)
+    save_head(SPRMHead(8), model, SPRMConfig(hidden_size=8, aggregation="min"))
+    head, cfg = locate_head(model)
+    assert (head.hidden_size, cfg.aggregation) == (8, "min")
+    assert locate_head_config(model).aggregation == "min"
+    other = tmp_path / "other"
+    torch.save(SPRMHead(8).state_dict(), tmp_path / "score_module.pt")
+    save_head(SPRMHead(8), other, SPRMConfig(hidden_size=8, aggregation="last"))
+    assert locate_head(model, other)[1].aggregation == "last"
+    released_head, released_cfg = locate_head(model, tmp_path / "score_module.pt")
+    assert released_cfg == SPRMConfig(hidden_size=8)  # the paper's defaults
+    assert locate_head_config(model, tmp_path / "score_module.pt").separators == SPRMConfig(hidden_size=1).separators
+    (model / "config.json").write_text(json.dumps({"hidden_size": 16}))
+    with pytest.raises(ValueError, match="hidden size 8, but the model's hidden_size is 16"):
+        locate_head(model)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        backbone_hidden_size(tmp_path / "nowhere")
