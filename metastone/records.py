@@ -186,3 +186,24 @@ class RecordStore:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def check_or_save_config(path: str | Path, key: str, content: dict, saved: dict, *, mismatch: str, fix: str,
+                         update: bool = False) -> None:
+    """The resume rule of every resumable run: the options that change what it writes (``content``) are saved at
+    ``path`` (as ``saved``, holding ``content`` under ``key``) on the first start; a later start must agree on
+    each of them, else a ``ValueError`` names every differing field (``mismatch``, the details, then ``fix``).
+    ``update``: rewrite the file on a matching start too (it then records the latest non-content options)."""
+    path = Path(path)
+    if path.exists():
+        before = json.loads(path.read_text()).get(key, {})
+        diff = {k: (before.get(k), v) for k, v in content.items() if before.get(k) != v}
+        if diff:
+            details = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"{mismatch} ({details}). {fix}")
+        if not update:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

@@ -71,9 +71,15 @@ def sampling_kwargs(sampling: Sampling) -> dict:
     return {k: getattr(sampling, k) for k in ("max_tokens", "temperature", "top_p", "repetition_penalty")}
 
 
+def stable_hash(text: str) -> int:
+    """A 32-bit hash of ``text`` that is the same on every run, machine and Python (no hash salt): the one source
+    of derived seeds (requests here, held-out splits in ``metastone.fit``, vote subsets in ``metastone.metrics``)."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
 def request_seed(run_seed: int, question_id: str, path: Sequence[int]) -> int:
     """The 31-bit seed of one request, stable across runs, machines and shards: a Best-of-N draft ``d`` is
     the path ``(d,)``, a search node the path of child indices from the root (so a one-step node has the
     seed of the draft with its index: common random numbers between Best-of-N and search)."""
     tag = ".".join(str(i) for i in path)
-    return int(hashlib.sha256(f"{run_seed}:{question_id}:{tag}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+    return stable_hash(f"{run_seed}:{question_id}:{tag}") & 0x7FFFFFFF

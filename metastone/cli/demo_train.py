@@ -104,8 +104,10 @@ def write_data(out: Path) -> tuple[Path, Path]:
 
 
 def last_step(ckpt: Path) -> int:
-    """The last checkpointed global step (verl's ``latest_checkpointed_iteration.txt``), 0 if none."""
-    marker = ckpt / "latest_checkpointed_iteration.txt"
+    """The last checkpointed global step (verl's tracker file), 0 if none."""
+    from metastone.train.checkpoints import TRACKER
+
+    marker = ckpt / TRACKER
     try:
         return int(marker.read_text().strip())
     except (FileNotFoundError, ValueError):
@@ -113,14 +115,13 @@ def last_step(ckpt: Path) -> int:
 
 
 def read_step_metrics(ckpt: Path) -> dict[int, dict]:
-    """Every logged step's metrics from the runs' JSONL files (a resumed run's lines win)."""
+    """Every logged step's metrics from the runs' JSONL files (a resumed run's lines win; a line being written
+    is skipped)."""
+    from metastone.records import read_jsonl
+
     steps: dict[int, dict] = {}
     for path in sorted((ckpt / "metrics").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line being written
-                continue
+        for _, row in read_jsonl(path):
             if isinstance(row, dict) and "step" in row:
                 steps[int(row["step"])] = row.get("data", row)
     return steps
@@ -272,22 +273,6 @@ def validation_set(policy: Path, drafts_file: Path, questions: Path, out: Path, 
                                     feature_layer=head.feature_layer)
 
 
-def compare_heads(valset, heads: dict[str, Path]) -> dict[str, dict]:
-    """Each head's within-question AUROC and Best-of-K accuracy on the SAME drafts (the validation set:
-    the base policy's drafts and features), scored as the harness scores (eval mode, step scores, the
-    head's aggregation); Best-of-K is the metrics' own (``best_of_n_exact`` with n = K)."""
-    from metastone.sprm import load_head
-    from metastone.train.head_validation import evaluate_head
-
-    result = {}
-    for name, path in heads.items():
-        head, config = load_head(path)
-        head.eval()
-        m = evaluate_head(valset, head, config.aggregation)
-        result[name] = {"within_q_auroc": m.get("sprm/val_auroc"), "pairs": int(m["sprm/val_pairs"]), "bon": m["sprm/val_bon"]}
-    return result
-
-
 # ---------------------------------------------------------------------------------------------- outputs
 def plot_aha(steps: dict[int, dict], path: Path) -> Path:
     """Top: the head on the fixed validation set (eval mode) against the step; bottom: the per-step
@@ -325,7 +310,7 @@ def plot_aha(steps: dict[int, dict], path: Path) -> Path:
     return path
 
 
-def format_table(results: dict[str, dict], k: int) -> str:
+def format_policy_table(results: dict[str, dict], k: int) -> str:
     cols = ["pass@1", f"maj@{k}", f"SPRM BoN@{k}", f"oracle@{k}"]
     lines = ["| policy (drafts scored by the jointly trained head) | " + " | ".join(cols) + " |",
              "|---|" + "---:|" * len(cols)]
@@ -434,7 +419,7 @@ def run(args) -> int:
     # before training starts (training on 2 cores uses ~20 of 24 GB; kept in this process, they ran it out)
     in_child(base_stage, prepare_model_folder(out / "base", fresh), policy, questions, base_drafts, out, k, args.seed,
              not args.no_progress, dtype, backend, head_config)
-    from metastone.train.head_validation import ValidationSet
+    from metastone.train.head_validation import ValidationSet, evaluate_head_files
 
     valset = ValidationSet.load(out / VALIDATION_FILE)
     base_s = time.monotonic() - t0
@@ -452,20 +437,20 @@ def run(args) -> int:
     t0 = time.monotonic()
     heads = {"fresh head (step 0)": fresh, f"joint head (step {args.steps})": trained,
              "offline-fitted head (shipped)": demo_head_path()}
-    head_results = compare_heads(valset, heads)
+    head_results = evaluate_head_files(valset, heads)
     trained_drafts = out / f"drafts-trained-step{args.steps}-{nq}x{k}-{backend}-{dtype}.jsonl"
     sample(trained, questions, trained_drafts, k, args.seed, not args.no_progress, dtype, backend)
     results = {"SmolLM2 before training": evaluate_drafts(questions, base_drafts, k),
                f"after {args.steps} joint steps": evaluate_drafts(questions, trained_drafts, k)}
     # the base drafts were scored by the fresh head when sampled: their SPRM row is the joint head's, read
-    # from the same drafts and features (compare_heads), as the trained policy's drafts are scored by it
+    # from the same drafts and features (evaluate_head_files), as the trained policy's drafts are scored by it
     results["SmolLM2 before training"][f"SPRM BoN@{k}"] = {"mean": head_results[f"joint head (step {args.steps})"]["bon"],
                                                            "ci": None}
     eval_s = time.monotonic() - t0
     # this run's steps (a folder trained further before, then rerun with fewer --steps, keeps only these)
     steps = {s: m for s, m in read_step_metrics(out / "ckpt").items() if s <= args.steps}
     plot = plot_aha(steps, out / "aha.png")
-    table = format_table(results, k) + "\n\n" + format_heads(head_results, k)
+    table = format_policy_table(results, k) + "\n\n" + format_heads(head_results, k)
     (out / "table.md").write_text(table + "\n")
     summary = {"steps": {str(s): {key: steps[s].get(key) for _, key, _ in STEP_COLUMNS} for s in sorted(steps)},
                "results": results, "heads_on_base_drafts": head_results, "questions": nq, "drafts": k,

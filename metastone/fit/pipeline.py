@@ -19,7 +19,6 @@ as the original) or leaves them out of the loss (``exclude``). The report counts
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,8 @@ import sys
 from pathlib import Path
 
 from metastone.fit.config import FitConfig
+from metastone.records import check_or_save_config as save_config
+from metastone.sampling import stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +56,12 @@ def _write_json(path: Path, data) -> None:
 
 
 def check_or_save_config(cfg: FitConfig, out: Path) -> None:
-    path = out / "fit_config.json"
-    if path.is_file():
-        saved = json.loads(path.read_text()).get("data", {})
-        diff = {k: (saved.get(k), v) for k, v in cfg.data_content().items() if saved.get(k) != v}
-        if diff:
-            details = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"{out} holds drafts/features made with other options ({details}). Rerun with the same "
-                             "options, or choose a new --out.")
-    _write_json(path, {"data": cfg.data_content(), "config": cfg.to_dict(), "argv": sys.argv})
+    """``fit_config.json``: the options that change the drafts and features, compared on every rerun
+    (``records.check_or_save_config``); rewritten each start with the latest other options and argv."""
+    save_config(out / "fit_config.json", "data", cfg.data_content(),
+                {"data": cfg.data_content(), "config": cfg.to_dict(), "argv": sys.argv},
+                mismatch=f"{out} holds drafts/features made with other options",
+                fix="Rerun with the same options, or choose a new --out.", update=True)
 
 
 def load_questions(cfg: FitConfig):
@@ -83,8 +81,7 @@ def load_questions(cfg: FitConfig):
 
 
 def is_heldout(seed: int, question_id: str, frac: float) -> bool:
-    h = int(hashlib.sha256(f"heldout:{seed}:{question_id}".encode()).hexdigest()[:8], 16)
-    return h / 0xFFFFFFFF < frac
+    return stable_hash(f"heldout:{seed}:{question_id}") / 0xFFFFFFFF < frac
 
 
 def sample_drafts(cfg: FitConfig, task, tokenizer, out: Path, progress: bool) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from metastone.engines import DraftRequest, ServiceDown
 from metastone.records import DraftRecord, RecordStore, record_key
+from metastone.records import check_or_save_config as save_config
 from metastone.sampling import DEFAULT_SAMPLING as SAMPLING
 from metastone.sampling import Sampling, request_seed
 
@@ -114,21 +115,11 @@ def draft_seed(run_seed: int, question_id: str, draft: int) -> int:
 
 
 def check_or_save_config(cfg: RunConfig) -> None:
-    path = Path(cfg.output_file + ".config.json")
-    if path.exists():
-        saved = json.loads(path.read_text()).get("content", {})
-        diff = {k: (saved.get(k), v) for k, v in cfg.content().items() if saved.get(k) != v}
-        if diff:
-            details = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"{cfg.output_file} was produced with another configuration ({details}). Resume with the same "
-                "settings, or write to a new --output_file."
-            )
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"run_id": cfg.run_id, "content": cfg.content(), "config": cfg.as_dict()}, indent=2, ensure_ascii=False))
-    tmp.replace(path)
+    """``<output>.config.json``: saved on the first start, compared on every resume (``records.check_or_save_config``)."""
+    save_config(cfg.output_file + ".config.json", "content", cfg.content(),
+                {"run_id": cfg.run_id, "content": cfg.content(), "config": cfg.as_dict()},
+                mismatch=f"{cfg.output_file} was produced with another configuration",
+                fix="Resume with the same settings, or write to a new --output_file.")
 
 
 def my_questions(examples: list, total_parts: int, part: int) -> list:

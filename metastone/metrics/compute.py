@@ -3,13 +3,13 @@ over questions with a bootstrap interval (``selection.py``, ``intervals.py``; ru
 
 from __future__ import annotations
 
-import zlib
 from typing import Sequence
 
 from metastone.eval.tasks import Task
 from metastone.metrics.intervals import bootstrap_ci
 from metastone.metrics.load import Question
 from metastone.metrics.selection import best_of_n_exact, best_of_n_groups, pass_at_k, vote_at_n
+from metastone.sampling import stable_hash
 
 DEFAULT_NS = (2, 8, 32)
 MODES = {2: "low", 8: "medium", 32: "high"}
@@ -65,7 +65,7 @@ def grade_questions(task: Task, questions: Sequence[Question], grading: str = "o
 
 def _seed(seed: int, qid: str, n: int) -> int:
     """A per-(question, n) seed that depends on neither file order nor Python's hash salt."""
-    return zlib.crc32(f"{seed}/{qid}/{n}".encode("utf-8"))
+    return stable_hash(f"{seed}/{qid}/{n}")
 
 
 def question_values(q: Question, n: int, *, seed: int = 0, vote_samples: int = 256) -> dict[str, float]:

@@ -19,24 +19,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from metastone.search.common import Node, Question, SearchConfig, SearchResult, StepExpander, _f, make_result, pick_best
+from metastone.search.common import Node, Question, SearchResult, StepExpander, TreeSearchConfig, _f, make_result, pick_best
 
 
 @dataclass(frozen=True)
-class BeamSearchConfig(SearchConfig):
+class BeamSearchConfig(TreeSearchConfig):
     """Step-level beam search."""
 
     strategy = "beam"
     beam_width: int = _f(4, "beams kept after each step")
-    expansions: int = _f(4, "children sampled per beam per step")
-    max_depth: int = _f(64, "most steps of one trace")
-    max_step_tokens: int = _f(1024, "most tokens of one step (a longer step continues in the next round)")
 
     def __post_init__(self):
         super().__post_init__()
         if self.beam_width < 1:
             self._fail("beam_width", "must be >= 1", "Give the beams kept per step, e.g. 4.")
-        self._check_tree()
 
 
 def _top(nodes: list[Node], k: int) -> list[Node]:

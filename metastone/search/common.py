@@ -95,19 +95,6 @@ class SearchConfig:
         if self.max_retries < 0:
             self._fail("max_retries", "must be >= 0", "Use 0 to fail a question at its first failed request.")
 
-    def _check_tree(self) -> None:
-        """Checks shared by the step-level strategies (beam, MCTS)."""
-        if not self.separator_ids:
-            self._fail("separator_ids", "is empty; step-level search cuts steps at the SPRM separators",
-                       "Pass metastone.sprm.resolve_step_spec(tokenizer, sprm_config.separators).separator_ids "
-                       "(metastone.search.step_spec_for does it from a head folder).")
-        if getattr(self, "max_step_tokens", 1) < 1:
-            self._fail("max_step_tokens", "must be >= 1", "Give the most tokens of one step, e.g. 512.")
-        if getattr(self, "max_depth", 1) < 1:
-            self._fail("max_depth", "must be >= 1", "Give the most steps of one trace, e.g. 64.")
-        if getattr(self, "expansions", 1) < 1:
-            self._fail("expansions", "must be >= 1", "Give the children sampled per expanded node, e.g. 4.")
-
     @property
     def sampling(self) -> Sampling:
         return Sampling.of(self)
@@ -122,6 +109,28 @@ class SearchConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+@dataclass(frozen=True)
+class TreeSearchConfig(SearchConfig):
+    """Fields and checks of the step-level strategies (beam, MCTS): a node is one step, cut at the SPRM separators."""
+
+    expansions: int = _f(4, "children sampled per expanded node (beam: per beam, each step)")
+    max_depth: int = _f(64, "most steps of one trace")
+    max_step_tokens: int = _f(1024, "most tokens of one step (a longer step continues in the next node)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.separator_ids:
+            self._fail("separator_ids", "is empty; step-level search cuts steps at the SPRM separators",
+                       "Pass metastone.sprm.resolve_step_spec(tokenizer, sprm_config.separators).separator_ids "
+                       "(metastone.search.step_spec_for does it from a head folder).")
+        if self.max_step_tokens < 1:
+            self._fail("max_step_tokens", "must be >= 1", "Give the most tokens of one step, e.g. 512.")
+        if self.max_depth < 1:
+            self._fail("max_depth", "must be >= 1", "Give the most steps of one trace, e.g. 64.")
+        if self.expansions < 1:
+            self._fail("expansions", "must be >= 1", "Give the children sampled per expanded node, e.g. 4.")
 
 
 @dataclass(eq=False)

@@ -29,20 +29,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from metastone.search.common import Node, Question, SearchConfig, SearchResult, StepExpander, _f, make_result, pick_best
+from metastone.search.common import Node, Question, SearchResult, StepExpander, TreeSearchConfig, _f, make_result, pick_best
 
 FINAL_RULES = ("value", "visits")
 BACKUP_RULES = ("mean", "max")
 
 
 @dataclass(frozen=True)
-class MCTSConfig(SearchConfig):
+class MCTSConfig(TreeSearchConfig):
     """MCTS with SPRM values."""
 
     strategy = "mcts"
-    expansions: int = _f(4, "children sampled when a node is expanded")
-    max_depth: int = _f(64, "most steps of one trace")
-    max_step_tokens: int = _f(1024, "most tokens of one step (a longer step continues in its child)")
     c_uct: float = _f(0.1, "UCT exploration constant (values are in [0, 1]; SPRM step values differ by ~0.1-0.5)")
     max_iterations: int | None = _f(64, "most expansions per question (None = until a budget or the tree runs out)")
     final: str = _f("value", "answer rule: value (best finished path value) or visits (most visited path)")
@@ -52,7 +49,6 @@ class MCTSConfig(SearchConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self._check_tree()
         if self.c_uct < 0:
             self._fail("c_uct", "must be >= 0", "Use 0 for greedy selection, about 1 for values in [0, 1].")
         if self.max_iterations is not None and self.max_iterations < 1:

@@ -120,6 +120,20 @@ def evaluate_head(valset: ValidationSet, step_logits: Callable[[torch.Tensor], t
     return ranking_metrics(score_drafts(valset, step_logits, aggregation), valset.groups, valset.labels)
 
 
+def evaluate_head_files(valset: ValidationSet, heads: dict[str, str | Path]) -> dict[str, dict]:
+    """Each saved head's within-question AUROC and Best-of-K accuracy on the SAME drafts (``valset``), scored as
+    the harness scores (eval mode, step scores, the head's own aggregation); Best-of-K is the metrics' own
+    (``best_of_n_exact`` with n = K). ``heads``: name -> head folder or file."""
+    from metastone.sprm import load_head
+
+    result = {}
+    for name, path in heads.items():
+        head, config = load_head(path)
+        m = evaluate_head(valset, head.eval(), config.aggregation)
+        result[name] = {"within_q_auroc": m.get("sprm/val_auroc"), "pairs": int(m["sprm/val_pairs"]), "bon": m["sprm/val_bon"]}
+    return result
+
+
 def write_validation_set(model_dir: str | Path, drafts_file: str | Path, grade: Callable[[dict], bool],
                          out: str | Path, *, separators, think_tokens, feature_layer: int = -2) -> ValidationSet:
     """Read the step features of every draft in ``drafts_file`` (harness records) with the policy in

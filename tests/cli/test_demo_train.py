@@ -39,13 +39,13 @@ def test_step_metrics_of_a_resumed_run_and_the_step_line(tmp_path):
 
 def test_plot_and_tables(tmp_path):
     pytest.importorskip("matplotlib")
-    from metastone.cli.demo_train import format_heads, format_table, plot_aha
+    from metastone.cli.demo_train import format_heads, format_policy_table, plot_aha
 
     steps = {1: {"sprm/step_score_gap": 0.0, "sprm/within_q_auroc": 0.5, "critic/score/mean": 0.3},
              2: {"sprm/step_score_gap": 0.1, "critic/score/mean": 0.4}}
     assert plot_aha(steps, tmp_path / "aha.png").stat().st_size > 1000
     metric = lambda v: {"mean": v, "ci": None}  # noqa: E731
-    table = format_table({"before": {"pass@1": metric(0.355), "maj@8": metric(0.48), "SPRM BoN@8": metric(0.5),
+    table = format_policy_table({"before": {"pass@1": metric(0.355), "maj@8": metric(0.48), "SPRM BoN@8": metric(0.5),
                                      "oracle@8": metric(0.74)}}, 8)
     assert "| before | 35.5 | 48.0 | 50.0 | 74.0 |" in table
     heads = format_heads({"fresh": {"within_q_auroc": None, "pairs": 0, "bon": 0.4},
