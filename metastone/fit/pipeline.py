@@ -99,9 +99,9 @@ def sample_drafts(cfg: FitConfig, task, tokenizer, out: Path, progress: bool) ->
     def engines() -> Engines:
         kw = {}
         if cfg.backend == "vllm":
-            import torch
+            from metastone.devices import has_cuda
 
-            kw = {"enforce_eager": not torch.cuda.is_available(), "max_model_len": 2048, "seed": cfg.seed}
+            kw = {"enforce_eager": not has_cuda(), "max_model_len": 2048, "seed": cfg.seed}
         dtype = "bfloat16" if cfg.backend == "vllm" else "float32"
         return Engines(cfg.backend, LocalGenerator(cfg.backend, cfg.model, dtype=dtype, **kw), NullScorer())
 

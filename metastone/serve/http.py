@@ -62,13 +62,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def free_accelerator_memory() -> None:
-    try:
+    from metastone.devices import has_cuda
+
+    if has_cuda():
         import torch
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+        torch.cuda.empty_cache()
 
 
 class ServiceUnavailable(Exception):

@@ -80,12 +80,12 @@ class StepScoreCollector:
     def __init__(self, model_dir: str | Path, head_path: str | Path | None = None, *, config=None, vllm: bool = False):
         import tempfile
 
-        import torch
         from transformers import AutoTokenizer
 
+        from metastone.devices import has_cuda
         from metastone.sprm import locate_head, resolve_step_spec
 
-        if vllm and torch.cuda.is_available():
+        if vllm and has_cuda():
             raise ValueError("score_while_generating is verified on vLLM's CPU engine only; on a GPU score with the "
                              "separate SPRM scorer (the default) or use the hf backend, until the check in "
                              "docs/serving.md has been run there.")

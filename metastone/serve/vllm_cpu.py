@@ -24,12 +24,13 @@ own variable, whole GiB), when set, wins: vLLM reads it after us.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
 import os
 from pathlib import Path
+
+from metastone.devices import free_memory_bytes, has_cuda, usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +38,11 @@ SMALL_HOST_CPUS = 4
 ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
 
-def usable_cpus() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
-
-
 def bind_all_cores_on_small_hosts() -> str | None:
     """Set ``VLLM_CPU_OMP_THREADS_BIND`` to every usable core on a small CPU-only host; returns what was set."""
     if ENV in os.environ:
         return None
-    import torch
-
-    if torch.cuda.is_available():
+    if has_cuda():
         return None
     cpus = usable_cpus()
     if len(cpus) > SMALL_HOST_CPUS:
@@ -126,68 +118,6 @@ def add_kv_cache_argument(parser) -> None:
                              "1-4 GiB, at most half of the memory free after the weights)")
 
 
-def _meminfo(path: str, per_node: bool = False) -> dict[str, int]:
-    """``/proc/meminfo``-style file -> bytes per key (node files prefix each line with ``Node N``)."""
-    out = {}
-    with open(path, encoding="ascii") as f:
-        for line in f:
-            parts = line.split()[2:] if per_node else line.split()
-            if len(parts) >= 2 and parts[1].isdigit():
-                out[parts[0].rstrip(":")] = int(parts[1]) * 1024
-    return out
-
-
-def _node_available(cpu: int) -> int | None:
-    """Memory vLLM's CPU worker counts as available on the NUMA node of ``cpu`` (free + file cache + reclaimable)."""
-    nodes = glob.glob(f"/sys/devices/system/cpu/cpu{cpu}/node[0-9]*") or ["node0"]
-    node = os.path.basename(nodes[0])
-    try:
-        info = _meminfo(f"/sys/devices/system/node/{node}/meminfo", per_node=True)
-    except OSError:
-        return None
-    keys = ("MemFree", "Active(file)", "Inactive(file)", "SReclaimable")
-    return sum(info.get(k, 0) for k in keys) if "MemFree" in info else None
-
-
-def _cgroup_room() -> int | None:
-    """Memory left under this process's cgroup limit (v2 or v1), None without a limit."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            limit, usage = f"/sys/fs/cgroup{path}/memory.max", f"/sys/fs/cgroup{path}/memory.current"
-        elif "memory" in controllers.split(","):
-            limit = f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
-            usage = f"/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"
-        else:
-            continue
-        try:
-            raw = Path(limit).read_text().strip()
-            if raw != "max" and int(raw) < 1 << 60:
-                return max(0, int(raw) - int(Path(usage).read_text().strip()))
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def free_memory_bytes() -> int:
-    """Memory free for a new engine now: the least of MemAvailable, vLLM's node view and the cgroup's room."""
-    candidates = []
-    try:
-        candidates.append(_meminfo("/proc/meminfo")["MemAvailable"])
-    except (OSError, KeyError):
-        pass
-    for value in (_node_available(usable_cpus()[0]), _cgroup_room()):
-        if value is not None:
-            candidates.append(value)
-    if not candidates:
-        raise RuntimeError("cannot read free memory (/proc/meminfo); give an explicit KV-cache size")
-    return min(candidates)
-
-
 def _model_config(model_dir: str | Path) -> dict:
     config_file = Path(model_dir) / "config.json"
     if not config_file.is_file():
@@ -257,9 +187,7 @@ CPU_BLOCK_SIZE = 32
 def cpu_block_kwargs() -> dict:
     """``{"block_size": 32}`` for a vLLM engine on a CPU-only host (prefix caching at a useful grain); ``{}``
     with CUDA, where vLLM's default (16) is already fine."""
-    import torch
-
-    return {} if torch.cuda.is_available() else {"block_size": CPU_BLOCK_SIZE}
+    return {} if has_cuda() else {"block_size": CPU_BLOCK_SIZE}
 
 
 def cpu_sampler_kwargs() -> dict:
@@ -268,20 +196,16 @@ def cpu_sampler_kwargs() -> dict:
     step and the repetition penalty through several [rows, vocab] tensors (``serve/cpu_sampling.py``);
     our processors give the same results for a fraction of the time. Requests then carry the two values
     as ``cpu_sampling.split_sampling`` says."""
-    import torch
-
     from metastone.serve.cpu_sampling import PROCESSORS
 
-    return {} if torch.cuda.is_available() else {"logits_processors": list(PROCESSORS)}
+    return {} if has_cuda() else {"logits_processors": list(PROCESSORS)}
 
 
 def cpu_memory_kwargs(model_dir: str | Path, *, kv_cache_gib: float | None = None, max_model_len: int | None = None,
                       dtype: str = "auto") -> dict:
     """``{"kv_cache_memory_bytes": n}`` for a vLLM engine on a CPU-only host; ``{}`` with CUDA or when
     ``VLLM_CPU_KVCACHE_SPACE`` is set (vLLM then uses it)."""
-    import torch
-
-    if torch.cuda.is_available():
+    if has_cuda():
         return {}
     if os.environ.get(KV_CACHE_ENV):
         logger.info("%s=%s GiB is set: vLLM uses it for the KV cache instead of %s", KV_CACHE_ENV,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from metastone.serve.scoring import MEMO_ENTRIES, StepScoreMemo, TraceScore, check_batch, trace_score_from_token_probs
-from metastone.serve.vllm_cpu import bind_all_cores_on_small_hosts, cpu_block_kwargs, cpu_memory_kwargs
+from metastone.serve.vllm_engine import build_llm
 from metastone.serve.vllm_plugin import sprm_architecture
 from metastone.sprm import SPRMConfig, backbone_hidden_size, locate_head, resolve_step_spec
 
@@ -71,7 +71,6 @@ class VLLMScorer:
         **engine_kwargs,
     ):
         from transformers import AutoConfig, AutoTokenizer
-        from vllm import LLM
 
         model_dir = Path(model_dir)
         overrides = sprm_hf_overrides(model_dir, head_path)
@@ -81,19 +80,11 @@ class VLLMScorer:
         _, self.config = locate_head(model_dir, head_path, hf_config=hf_config, config=config)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.spec = resolve_step_spec(self.tokenizer, self.config.separators, self.config.think_tokens)
-        bind_all_cores_on_small_hosts()
-        if "kv_cache_memory_bytes" not in engine_kwargs:
-            engine_kwargs.update(cpu_memory_kwargs(model_dir, kv_cache_gib=kv_cache_gib, dtype=dtype,
-                                                   max_model_len=engine_kwargs.get("max_model_len")))
-        if reuse_prefix and "block_size" not in engine_kwargs:
-            engine_kwargs.update(cpu_block_kwargs())
         self.reuse_prefix = reuse_prefix
         self.memo = StepScoreMemo(memo_entries)
         self.stats = {"sequences": 0, "tokens": 0, "computed_tokens": 0, "rerun_traces": 0}
-        self.llm = LLM(
-            model=str(model_dir), runner="pooling", hf_overrides=overrides, dtype=dtype,
-            enforce_eager=enforce_eager, **engine_kwargs,
-        )
+        self.llm, _ = build_llm(model_dir, role="scorer", dtype=dtype, kv_cache_gib=kv_cache_gib, prefix_blocks=reuse_prefix,
+                                hf_overrides=overrides, enforce_eager=enforce_eager, **engine_kwargs)
         self.max_len = self.llm.llm_engine.model_config.max_model_len
         self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()  # the embedding's rows (>= the tokenizer's)
 

@@ -42,18 +42,15 @@ def _rss_bytes() -> int:
 
 
 def _mem_get_info(device=None) -> tuple[int, int]:
-    """(free, total) bytes of system memory, as ``torch.cuda.mem_get_info`` reports device memory."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = os.sysconf("SC_PHYS_PAGES") * page
+    """(free, total) bytes of system memory, as ``torch.cuda.mem_get_info`` reports device memory; free is
+    ``metastone.devices.free_memory_bytes`` (the one memory probe: MemAvailable, the NUMA node, the cgroup)."""
+    from metastone.devices import free_memory_bytes
+
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * page
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    free = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError):
-        pass
+        free = free_memory_bytes()
+    except RuntimeError:
+        free = total
     return free, total
 
 

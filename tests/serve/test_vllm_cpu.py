@@ -113,8 +113,42 @@ def test_parse_flag_and_engine_kwargs(tmp_path, monkeypatch, no_gpu):
 
 
 def test_free_memory_reads_this_host():
-    free = vllm_cpu.free_memory_bytes()
-    assert 0 < free <= vllm_cpu._meminfo("/proc/meminfo")["MemTotal"]
+    from metastone import devices
+
+    free = devices.free_memory_bytes()
+    assert 0 < free <= devices._meminfo("/proc/meminfo")["MemTotal"]
+
+
+def test_one_builder_gives_every_engine_its_cpu_options(no_gpu, monkeypatch, tmp_path):
+    """``serve.vllm_engine.engine_options``: the policy (in-process or served) and the scorer get the CPU KV size
+    and blocks; only the policy gets chunked prefill off and our sampling processors; given options win; the
+    server gets the same options as flags."""
+    import json
+
+    from metastone.serve import vllm_engine
+    from metastone.serve.cpu_sampling import PROCESSORS
+
+    monkeypatch.setattr(vllm_cpu, "usable_cpus", lambda: [0, 1])
+    monkeypatch.setattr(vllm_cpu, "free_memory_bytes", lambda: 16 * GiB)
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                   "num_key_value_heads": 1, "vocab_size": 100, "torch_dtype": "float32"}))
+    policy = vllm_engine.engine_options(model, role="policy", dtype="float32", kv_cache_gib=1, max_model_len=512)
+    assert policy["kv_cache_memory_bytes"] == GiB and policy["block_size"] == vllm_cpu.CPU_BLOCK_SIZE
+    assert policy["enable_chunked_prefill"] is False and policy["max_num_batched_tokens"] == 2048
+    assert policy["logits_processors"] == list(PROCESSORS) and vllm_engine.uses_cpu_sampling(policy)
+    scorer = vllm_engine.engine_options(model, role="scorer", dtype="float32", kv_cache_gib=1, prefix_blocks=False)
+    assert scorer == {"kv_cache_memory_bytes": GiB}
+    plain = vllm_engine.engine_options(model, role="policy", kv_cache_gib=1, cpu_sampling=False, chunked_prefill="on",
+                                       block_size=16, max_model_len=None)
+    assert plain == {"kv_cache_memory_bytes": GiB, "block_size": 16} and not vllm_engine.uses_cpu_sampling(plain)
+    cmd = vllm_engine.server_command("py", model, 8001, {"dtype": "float32", **policy, "enforce_eager": True})
+    assert cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"] and "--enforce-eager" in cmd
+    assert "--no-enable-chunked-prefill" in cmd and cmd[cmd.index("--logits-processors") + 1:][:2] == list(PROCESSORS)
+    assert cmd[cmd.index("--kv-cache-memory-bytes") + 1] == str(GiB) and cmd[cmd.index("--port") + 1] == "8001"
+    with pytest.raises(ValueError, match="role must be one of"):
+        vllm_engine.engine_options(model, role="judge")
 
 
 def test_cpu_engines_get_blocks_small_enough_to_share_a_prompt(monkeypatch):
