@@ -81,8 +81,8 @@ async def main_async(args) -> None:
     from metastone.harness.runner import pending_requests, run
     from metastone.records import RecordStore
     from metastone.sampling import DEMO_SAMPLING, sampling_kwargs
-    from metastone.serve.vllm_cpu import cpu_dtype
-    from metastone.serve.vllm_scorer import VLLMScorer
+    from metastone.serve.vllm.cpu import cpu_dtype
+    from metastone.serve.vllm.scorer import VLLMScorer
 
     tmp = tempfile.TemporaryDirectory()
     root = Path(tmp.name)

@@ -117,7 +117,7 @@ def bon_prompts(tok, args) -> list[list[int]]:
 
 def bon_shared_vs_full(model_dir: Path, tok, args) -> dict:
     """HF scoring of Best-of-N batches with and without the prompt shared, side by side in one process."""
-    from metastone.serve.hf_backend import HFScorer
+    from metastone.serve.hf.scorer import HFScorer
 
     rng = random.Random(1)
     prompts = bon_prompts(tok, args)
@@ -166,7 +166,7 @@ def bon_hf_fused_share(model_dir: Path, prompts, scorer, args) -> dict:
     with the head attached (``attach_head``: scoring while generating), alternating ``--bon-repeats`` times, next
     to scoring the same drafts afterwards with ``scorer`` (``share_prefix=True``); step scores compared."""
     from metastone.sampling import Sampling
-    from metastone.serve.hf_policy import HFPolicy
+    from metastone.serve.hf.policy import HFPolicy
     from metastone.serve.step_scores import StepScoreCollector
 
     policies = {"plain": HFPolicy(model_dir, dtype=args.dtype), "head": HFPolicy(model_dir, dtype=args.dtype)}
@@ -212,9 +212,9 @@ def bon_vllm_share(model_dir: Path, tok, args) -> dict:
     from vllm import LLM, SamplingParams
 
     from metastone.sampling import Sampling
-    from metastone.serve.cpu_sampling import split_sampling
-    from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs, cpu_sampler_kwargs
-    from metastone.serve.vllm_scorer import VLLMScorer
+    from metastone.serve.vllm.cpu_sampling import split_sampling
+    from metastone.serve.vllm.cpu import cpu_block_kwargs, cpu_memory_kwargs, cpu_sampler_kwargs
+    from metastone.serve.vllm.scorer import VLLMScorer
 
     prompts = bon_prompts(tok, args)
     max_len = args.bon_prompt_tokens + args.bon_draft_tokens + 16
@@ -290,8 +290,8 @@ def bon_fused_share(model_dir: Path, prompts, args) -> dict:
     from vllm import LLM, SamplingParams
 
     from metastone.serve.step_scores import STEP_SCORES_ARG, STEP_SCORES_DIR_ENV, STEP_SCORES_PROCESSOR, read_token_probs
-    from metastone.serve.vllm_cpu import cpu_block_kwargs, cpu_memory_kwargs, cpu_sampler_kwargs
-    from metastone.serve.vllm_scorer import sprm_hf_overrides
+    from metastone.serve.vllm.cpu import cpu_block_kwargs, cpu_memory_kwargs, cpu_sampler_kwargs
+    from metastone.serve.vllm.scorer import sprm_hf_overrides
 
     max_len = args.bon_prompt_tokens + args.bon_draft_tokens + 16
     requests = [(p, seed) for p in prompts for seed in range(args.bon_drafts)]
@@ -323,7 +323,7 @@ def bon_fused_share(model_dir: Path, prompts, args) -> dict:
         del llm
     os.rmdir(tmp)
     same = drafts[True] == drafts[False]
-    from metastone.serve.vllm_scorer import VLLMScorer
+    from metastone.serve.vllm.scorer import VLLMScorer
 
     with VLLMScorer(model_dir, dtype=args.dtype, max_model_len=max_len) as scorer:
         ref = scorer.token_probs([p + d for (p, _), d in zip(requests, drafts[True])])
@@ -356,7 +356,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from metastone.serve.hf_backend import HFScorer, parse_dtype
+    from metastone.serve.hf.scorer import HFScorer, parse_dtype
 
     tmp = tempfile.TemporaryDirectory()
     model_dir = Path(args.model) if args.model else make_default_model(Path(tmp.name))
@@ -391,8 +391,8 @@ def main() -> None:
     if not args.skip_vllm:
         from vllm import LLM, SamplingParams
 
-        from metastone.serve.vllm_cpu import cpu_memory_kwargs
-        from metastone.serve.vllm_scorer import VLLMScorer
+        from metastone.serve.vllm.cpu import cpu_memory_kwargs
+        from metastone.serve.vllm.scorer import VLLMScorer
 
         with PeakRSS() as mem:
             v = VLLMScorer(model_dir, dtype=args.dtype, max_model_len=max(map(len, ids)) + 16)

@@ -66,13 +66,13 @@ def engines(args, model: Path, head: Path):
     from metastone.engines import LocalGenerator, LocalScorer
 
     if args.backend == "hf":
-        from metastone.serve.hf_backend import HFScorer
+        from metastone.serve.hf.scorer import HFScorer
 
         return LocalGenerator("hf", model, dtype=args.dtype, device="cpu"), \
             LocalScorer(HFScorer(model, head_path=head, dtype=args.dtype, prefix_cache_mib=args.prefix_cache_mib))
     import torch
 
-    from metastone.serve.vllm_scorer import VLLMScorer
+    from metastone.serve.vllm.scorer import VLLMScorer
 
     kw = {"max_model_len": 2048}
     if torch.cuda.is_available():

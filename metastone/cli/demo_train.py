@@ -391,7 +391,7 @@ def preset_head(policy: Path):
 def run(args) -> int:
     from metastone.assets.smollm2 import demo_head_path, demo_model_dir
     from metastone.cli.demo import prepare_model_folder, question_file
-    from metastone.serve.vllm_cpu import cpu_dtype
+    from metastone.serve.vllm.cpu import cpu_dtype
 
     if args.steps < 1 or args.drafts < 2 or args.questions < 1:
         raise ValueError(f"need --steps >= 1, --drafts >= 2 and --questions >= 1; got {args.steps}, {args.drafts}, "

@@ -25,7 +25,7 @@ from dataclasses import fields
 from metastone.cli.flags import add_config_flags
 from metastone.engines.http import SERVICE_WAIT_S
 from metastone.sampling import Sampling
-from metastone.serve.vllm_cpu import add_kv_cache_argument
+from metastone.serve.vllm.cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ def make_parser(subparsers):
 
 
 def main(args) -> int:
-    from metastone.serve.hf_backend import HFScorer
+    from metastone.serve.hf.scorer import HFScorer
 
     text = read_text_arg(args.text_file, "--text-file")
     prompt = read_text_arg(args.prompt_file, "--prompt-file") if args.prompt_file else None

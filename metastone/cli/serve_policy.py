@@ -5,7 +5,7 @@ port (continuous batching) and serves ``/generate`` and the OpenAI routes throug
 ``--backend hf`` answers both in-process with ``HFPolicy`` for machines without vLLM. Original flags
 (``--model_path --ip --port``) keep working; the default bind address is 127.0.0.1.
 ``--score_while_generating`` attaches the SPRM head to the policy: ``/v1/completions`` choices then carry
-their step scores (``serve/policy_server.py``), and ``test/inference.py`` records them without calling
+their step scores (``serve/http/policy_server.py``), and ``test/inference.py`` records them without calling
 the score service (``--backend hf``; ``--backend vllm`` on CPU hosts).
 """
 
@@ -17,9 +17,9 @@ import subprocess
 import sys
 import time
 
-from metastone.serve.http import DEFAULT_MAX_IN_FLIGHT
-from metastone.serve.process import free_port
-from metastone.serve.vllm_cpu import add_kv_cache_argument
+from metastone.serve.http.common import DEFAULT_MAX_IN_FLIGHT
+from metastone.serve.http.process import free_port
+from metastone.serve.vllm.cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ def make_parser(subparsers):
 
 def start_vllm_server(args, port: int, step_scores=None) -> subprocess.Popen:
     """vLLM's OpenAI server on 127.0.0.1:port with the options every engine of ours gets
-    (``serve.vllm_engine.engine_options``); with ``step_scores`` (a ``StepScoreCollector``) the policy carries the
+    (``serve.vllm.engine.engine_options``); with ``step_scores`` (a ``StepScoreCollector``) the policy carries the
     SPRM head and writes step scores."""
-    from metastone.serve.vllm_engine import engine_options, server_command
+    from metastone.serve.vllm.engine import engine_options, server_command
 
     options = engine_options(
         args.model_path, role="policy", dtype=args.dtype, kv_cache_gib=args.kv_cache_gib,
@@ -105,8 +105,8 @@ def build_backend(args):
     if head is not None and not fused:
         raise ValueError("--head only applies with --score_while_generating.")
     if args.backend == "hf":
-        from metastone.serve.hf_policy import HFPolicy
-        from metastone.serve.policy_server import HFPolicyBackend
+        from metastone.serve.hf.policy import HFPolicy
+        from metastone.serve.http.policy_server import HFPolicyBackend
         from metastone.devices import default_device
 
         device = default_device(args.device)
@@ -114,8 +114,8 @@ def build_backend(args):
         policy = HFPolicy(args.model_path, device=device, dtype=args.dtype, max_len=args.max_model_len)
         step_scores = StepScoreCollector(args.model_path, head, config=policy.attach_head(head)) if fused else None
         return HFPolicyBackend(policy, str(args.model_path), step_scores=step_scores), None
-    from metastone.serve.cpu_sampling import PROCESSORS
-    from metastone.serve.policy_server import VLLMProxyBackend
+    from metastone.serve.vllm.cpu_sampling import PROCESSORS
+    from metastone.serve.http.policy_server import VLLMProxyBackend
 
     step_scores = StepScoreCollector(args.model_path, head, vllm=True) if fused else None
     port = free_port()
@@ -133,8 +133,8 @@ def build_backend(args):
 
 
 def main(args) -> int:
-    from metastone.serve.http import resolve_api_key, run_app
-    from metastone.serve.policy_server import create_policy_app
+    from metastone.serve.http.common import resolve_api_key, run_app
+    from metastone.serve.http.policy_server import create_policy_app
 
     backend, proc = build_backend(args)
     try:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from metastone.serve.http import DEFAULT_MAX_IN_FLIGHT
-from metastone.serve.vllm_cpu import add_kv_cache_argument
+from metastone.serve.http.common import DEFAULT_MAX_IN_FLIGHT
+from metastone.serve.vllm.cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,12 @@ def build_scorer(args):
         )
     if args.backend == "hf":
         from metastone.devices import default_device
-        from metastone.serve.hf_backend import HFScorer
+        from metastone.serve.hf.scorer import HFScorer
 
         device = default_device(args.device)
         logger.info("score service: HF backend on device %s, %s", device, args.dtype)
         return HFScorer(args.model_path, head_path=args.head, device=device, dtype=args.dtype, lang=args.lang)
-    from metastone.serve.vllm_scorer import VLLMScorer
+    from metastone.serve.vllm.scorer import VLLMScorer
 
     kwargs = {k: v for k, v in (("max_model_len", args.max_model_len), ("gpu_memory_utilization", args.gpu_memory_utilization)) if v is not None}
     return VLLMScorer(args.model_path, head_path=args.head, dtype=args.dtype, lang=args.lang,
@@ -74,8 +74,8 @@ def build_scorer(args):
 
 
 def main(args) -> int:
-    from metastone.serve.http import resolve_api_key, run_app
-    from metastone.serve.score_server import create_score_app
+    from metastone.serve.http.common import resolve_api_key, run_app
+    from metastone.serve.http.score_server import create_score_app
 
     scorer = build_scorer(args)
     app = create_score_app(scorer, lambda text: scorer.tokenizer.encode(text, add_special_tokens=False),

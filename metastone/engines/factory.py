@@ -101,7 +101,7 @@ def make_engines(cfg: EngineConfig) -> Engines:
     # with scoring while generating the scorer is made on first use only (LazyScorer)
     fused = {"score_while_generating": True, **head} if cfg.score_while_generating else {}
     if backend == "hf":
-        from metastone.serve.hf_backend import HFScorer
+        from metastone.serve.hf.scorer import HFScorer
 
         device = default_device(cfg.device)
         def hf_scorer():
@@ -109,7 +109,7 @@ def make_engines(cfg: EngineConfig) -> Engines:
 
         return Engines(backend, LocalGenerator("hf", cfg.model_dir, dtype=cfg.dtype, device=device, **fused),
                        LazyScorer(hf_scorer) if fused else hf_scorer())
-    from metastone.serve.vllm_scorer import VLLMScorer
+    from metastone.serve.vllm.scorer import VLLMScorer
 
     kw = {"max_model_len": cfg.max_model_len} if cfg.max_model_len else {}
     if has_cuda():

@@ -40,13 +40,13 @@ class LocalGenerator:
         if head_path is not None and not score_while_generating:
             raise ValueError("head_path only applies with score_while_generating=True.")
         if backend == "hf":
-            from metastone.serve.hf_policy import HFPolicy
+            from metastone.serve.hf.policy import HFPolicy
 
             self.policy = HFPolicy(model_dir, device=default_device(device), dtype=dtype)
             if score_while_generating:
                 self.step_scores = StepScoreCollector(model_dir, head_path, config=self.policy.attach_head(head_path))
         elif backend == "vllm":
-            from metastone.serve.vllm_engine import build_llm, uses_cpu_sampling
+            from metastone.serve.vllm.engine import build_llm, uses_cpu_sampling
 
             if score_while_generating:
                 self.step_scores = StepScoreCollector(model_dir, head_path, vllm=True)
@@ -63,7 +63,7 @@ class LocalGenerator:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from metastone.serve.cpu_sampling import split_sampling
+        from metastone.serve.vllm.cpu_sampling import split_sampling
 
         params, keys = [], []
         for r, s in items:

@@ -2,7 +2,7 @@
 
 The policy and the SPRM share one backbone (MetaStone-S1, Sec. 3): the hidden state the head reads at
 position ``p`` is computed anyway when the policy decodes token ``p + 1``. A vLLM policy started with
-the SPRM head attached (``serve/vllm_models.py``, ``*ForCausalLMWithSPRM``) applies the head to the
+the SPRM head attached (``serve/vllm/models.py``, ``*ForCausalLMWithSPRM``) applies the head to the
 feature layer's state of each request's newest token at every step, and the logits processor
 ``StepScoresOut`` writes that probability to a file named by the request. Nothing is run twice:
 scoring a draft costs the head only, ``2 d^2`` multiply-adds per token, next to the backbone's.
@@ -31,7 +31,7 @@ import numpy as np
 
 STEP_SCORES_DIR_ENV = "METASTONE_STEP_SCORES_DIR"
 STEP_SCORES_ARG = "metastone_step_scores"
-STEP_SCORES_PROCESSOR = "metastone.serve.vllm_models:StepScoresOut"
+STEP_SCORES_PROCESSOR = "metastone.serve.vllm.models:StepScoresOut"
 RECORD = np.dtype([("index", "<i4"), ("prob", "<f4")])
 _KEY = re.compile(r"[0-9a-f]{32}")
 
@@ -107,7 +107,7 @@ class StepScoreCollector:
     def engine_kwargs(self, processors=()) -> dict:
         """vLLM engine options: the policy with the head attached (``hf_overrides``) and the logits processors
         ``processors`` followed by ``StepScoresOut``. The engine's processes must see ``env()``."""
-        from metastone.serve.vllm_scorer import sprm_hf_overrides
+        from metastone.serve.vllm.scorer import sprm_hf_overrides
 
         return {"hf_overrides": sprm_hf_overrides(self.model_dir, self.head_path, while_generating=True),
                 "logits_processors": [*processors, STEP_SCORES_PROCESSOR]}

@@ -68,7 +68,7 @@ def test_demo_command_end_to_end(tmp_path, converted, monkeypatch, capsys):
         raise AssertionError("the demo started a separate scorer")
 
     with monkeypatch.context() as m:
-        m.setattr("metastone.serve.hf_backend.HFScorer.__init__", no_scorer)
+        m.setattr("metastone.serve.hf.scorer.HFScorer.__init__", no_scorer)
         assert main(["demo", "--out", str(tmp_path), "--questions", "3", "--drafts", "2", "--backend", "hf", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "SPRM Best-of-2" in out and "oracle @2" in out and "single draft (pass@1)" in out

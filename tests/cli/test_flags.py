@@ -194,10 +194,10 @@ def test_add_config_flags_forms_and_errors():
 
 # Sampling numbers a module may state besides metastone/sampling.py, each with its reason.
 SAMPLING_LITERAL_ALLOWED = {
-    ("metastone/serve/policy_server.py", "max_tokens"): "the original /generate body's default (1024) and OpenAI's (16)",
-    ("metastone/serve/policy_server.py", "repetition_penalty"): "API bodies: 1.0 = off when a request leaves it out",
-    ("metastone/serve/policy_server.py", "temperature"): "OpenAI /v1/completions' default (1.0)",
-    ("metastone/serve/policy_server.py", "top_p"): "OpenAI /v1/completions' default (1.0)",
+    ("metastone/serve/http/policy_server.py", "max_tokens"): "the original /generate body's default (1024) and OpenAI's (16)",
+    ("metastone/serve/http/policy_server.py", "repetition_penalty"): "API bodies: 1.0 = off when a request leaves it out",
+    ("metastone/serve/http/policy_server.py", "temperature"): "OpenAI /v1/completions' default (1.0)",
+    ("metastone/serve/http/policy_server.py", "top_p"): "OpenAI /v1/completions' default (1.0)",
 }
 
 

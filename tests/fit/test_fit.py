@@ -81,7 +81,7 @@ def test_learns_planted_signal(planted):
 def test_both_head_formats_load_and_match_training_scores(planted, qwq_tokenizer):
     from metastone.fit.pipeline import load_items
     from metastone.fit.trainer import trajectory_scores
-    from metastone.serve.hf_backend import HFScorer
+    from metastone.serve.hf.scorer import HFScorer
     from metastone.sprm import load_head
 
     cfg, out, _ = planted

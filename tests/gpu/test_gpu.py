@@ -79,7 +79,7 @@ def test_backbone_gets_backbone_grad_scale_of_the_spr_gradient(gpu_model):
 
 
 def test_hf_scorer_on_cuda_matches_and_outruns_the_original_style_scorer(tiny_model_dir, gpu_model, capsys):
-    from metastone.serve.hf_backend import HFScorer
+    from metastone.serve.hf.scorer import HFScorer
     from metastone.sprm import step_positions
 
     model, head, spec, tok = gpu_model

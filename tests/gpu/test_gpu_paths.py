@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from metastone.serve.hf_backend import HFScorer
+from metastone.serve.hf.scorer import HFScorer
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metastone.serve.process import ServiceProcess
+from metastone.serve.http.process import ServiceProcess
 
 
 class Server(ServiceProcess):

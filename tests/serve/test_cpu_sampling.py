@@ -1,11 +1,11 @@
-"""CPU sampling (serve/cpu_sampling.py): the sort-free top-p, checked against an exact float64 nucleus and
+"""CPU sampling (serve/vllm/cpu_sampling.py): the sort-free top-p, checked against an exact float64 nucleus and
 vLLM's sort-based function; the sparse repetition penalty, bit for bit against vLLM's; the processors'
 per-request bookkeeping."""
 
 import pytest
 import torch
 
-from metastone.serve.cpu_sampling import REPETITION_ARG, TOP_P_ARG, repetition_penalty_, split_sampling, top_p_filter_
+from metastone.serve.vllm.cpu_sampling import REPETITION_ARG, TOP_P_ARG, repetition_penalty_, split_sampling, top_p_filter_
 
 VOCAB = 151_936  # Qwen2's: the size the CPU engines sample from
 
@@ -134,7 +134,7 @@ def test_processor_follows_the_batch():
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-    from metastone.serve.vllm_models import NucleusOnCPU
+    from metastone.serve.vllm.models import NucleusOnCPU
 
     def params(p=None):
         return SamplingParams(extra_args={TOP_P_ARG: p} if p is not None else None)
@@ -168,7 +168,7 @@ def test_repetition_processor_follows_each_requests_tokens():
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from metastone.serve.vllm_models import RepetitionOnCPU
+    from metastone.serve.vllm.models import RepetitionOnCPU
 
     proc = RepetitionOnCPU(None, torch.device("cpu"), False)
     assert not proc.is_argmax_invariant()

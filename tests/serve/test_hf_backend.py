@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from metastone.serve.hf_backend import HFScorer
+from metastone.serve.hf.scorer import HFScorer
 
 PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n<think>\n"
 RESPONSE = "We add two and three.\n\nCheck: five minus three is two.\n\nSo five.\n\n</think>\nThe answer is \\boxed{5}.\n\n"
@@ -156,7 +156,7 @@ def test_scoring_while_generating_on_hf_gives_the_scorers_probabilities_and_the_
 
     from metastone.engines import DraftRequest, LocalGenerator, Sampling
     from metastone.eval.tasks import load_task
-    from metastone.serve.hf_policy import HFPolicy
+    from metastone.serve.hf.policy import HFPolicy
     from metastone.sprm import load_head
     from metastone.sprm.features import extract_features
 

@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from metastone.sampling import Sampling
-from metastone.serve.hf_policy import HFPolicy
+from metastone.serve.hf.policy import HFPolicy
 
 PROMPT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n<think>\n"
 
@@ -80,7 +80,7 @@ def test_sampling_is_per_draft_and_stops(tiny_model_dir):
 
 
 def test_engine_errors_name_our_field():
-    from metastone.serve.policy_server import engine_error
+    from metastone.serve.http.policy_server import engine_error
 
     greedy = httpx.Response(400, json={"error": {"message": "n must be 1 when using greedy sampling, got 2.", "param": None}})
     assert engine_error(greedy).status_code == 400 and engine_error(greedy).detail["field"] == "response_num"
@@ -90,12 +90,12 @@ def test_engine_errors_name_our_field():
 
 def test_openai_bodies_carry_sampling_to_the_cpu_processors():
     """serve-policy on CPU moves an OpenAI request's top-p and repetition penalty into vllm_xargs (our
-    processors, serve/cpu_sampling.py); values and bodies it does not understand reach vLLM unchanged, so
+    processors, serve/vllm/cpu_sampling.py); values and bodies it does not understand reach vLLM unchanged, so
     vLLM's own validation answers them."""
     import json
 
-    from metastone.serve.cpu_sampling import REPETITION_ARG, TOP_P_ARG
-    from metastone.serve.policy_server import _sampling_to_xargs
+    from metastone.serve.vllm.cpu_sampling import REPETITION_ARG, TOP_P_ARG
+    from metastone.serve.http.policy_server import _sampling_to_xargs
 
     def moved(body):
         return json.loads(_sampling_to_xargs(json.dumps(body).encode()))
@@ -129,7 +129,7 @@ def check_service_scores(url, model_dir, reqs, sampling):
     import asyncio
 
     from metastone.engines.http import ServerGenerator
-    from metastone.serve.hf_backend import HFScorer
+    from metastone.serve.hf.scorer import HFScorer
 
     async def main():
         gen = ServerGenerator([url], str(model_dir))
@@ -154,7 +154,7 @@ def test_hf_service_scoring_while_generating(peaky_model, server_factory):
     """``serve-policy --backend hf --score_while_generating``, as the README starts it: the drafts
     ``ServerGenerator`` gets are the plain policy's, each with the scorer's step scores; OpenAI choices
     of any ``n`` carry ``sprm``."""
-    from metastone.serve.hf_policy import HFPolicy
+    from metastone.serve.hf.policy import HFPolicy
 
     model_dir, _ = peaky_model
     server = server_factory(["serve-policy", "--model_path", str(model_dir), "--backend", "hf", "--dtype", "float32",
@@ -174,7 +174,7 @@ def test_only_single_draft_openai_bodies_are_keyed_for_step_scores():
     for) only when the engine writes one record for it: one prompt, n = 1, not streamed, no beam search or echo."""
     import json
 
-    from metastone.serve.policy_server import _ask_step_scores
+    from metastone.serve.http.policy_server import _ask_step_scores
     from metastone.serve.step_scores import STEP_SCORES_ARG, StepScoreCollector, valid_key
 
     class Keys:

@@ -7,9 +7,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from metastone.serve.hf_backend import HFScorer
-from metastone.serve.http import MicroBatcher
-from metastone.serve.score_server import create_score_app
+from metastone.serve.hf.scorer import HFScorer
+from metastone.serve.http.common import MicroBatcher
+from metastone.serve.http.score_server import create_score_app
 from metastone.serve.scoring import TraceScore
 from tests.serve.test_hf_backend import PROMPT, RESPONSE
 
@@ -201,7 +201,7 @@ def _serve_in_thread(app):
 
     import uvicorn
 
-    from metastone.serve.process import free_port
+    from metastone.serve.http.process import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

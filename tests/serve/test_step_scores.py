@@ -76,9 +76,9 @@ def test_processor_writes_the_newest_tokens_probability_per_row(tmp_path, monkey
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from metastone.serve import vllm_models
+    from metastone.serve.vllm import models as vllm_models
     from metastone.serve.step_scores import STEP_SCORES_ARG, STEP_SCORES_DIR_ENV
-    from metastone.serve.vllm_models import StepScoresOut
+    from metastone.serve.vllm.models import StepScoresOut
 
     monkeypatch.setenv(STEP_SCORES_DIR_ENV, str(tmp_path))
     ka, kb = "a" * 32, "b" * 32

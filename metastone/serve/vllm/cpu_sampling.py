@@ -4,8 +4,8 @@ vLLM 0.32 on CPU treats both as whole-vocabulary tensor work at every decoding s
 every row of the logits (``apply_top_k_top_p_pytorch``; ~0.8 s per step for 128 drafts of a
 152k-token vocabulary on two cores, more than the model's forward pass), and the repetition penalty
 builds [rows, vocab] int64 token counts for the prompt and the output and several [rows, vocab] masks
-(``apply_penalties``; ~0.14 s per step for 32 drafts). Our processors (``vllm_models.NucleusOnCPU``,
-``vllm_models.RepetitionOnCPU``) give the same results for a fraction of that (docs/serving.md).
+(``apply_penalties``; ~0.14 s per step for 32 drafts). Our processors (``vllm.models.NucleusOnCPU``,
+``vllm.models.RepetitionOnCPU``) give the same results for a fraction of that (docs/serving.md).
 
 **Top-p.** The nucleus only needs the threshold probability, which a radix select finds in a few
 linear passes:
@@ -114,7 +114,7 @@ def repetition_penalty_(logits: torch.Tensor, seen: list[torch.Tensor | None], p
 # arguments (``SamplingParams.extra_args``, or ``vllm_xargs`` in an OpenAI request body).
 TOP_P_ARG = "metastone_top_p"
 REPETITION_ARG = "metastone_repetition_penalty"
-PROCESSORS = ("metastone.serve.vllm_models:NucleusOnCPU", "metastone.serve.vllm_models:RepetitionOnCPU")
+PROCESSORS = ("metastone.serve.vllm.models:NucleusOnCPU", "metastone.serve.vllm.models:RepetitionOnCPU")
 # vLLM's field -> (our extra argument, the valid values in words, their test); 1.0 is neutral for both
 SETTINGS = {"top_p": (TOP_P_ARG, "in (0, 1]", lambda v: 0 < v <= 1),
             "repetition_penalty": (REPETITION_ARG, "> 0", lambda v: v > 0)}

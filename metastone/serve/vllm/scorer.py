@@ -1,7 +1,7 @@
 """In-process vLLM SPRM scorer: the same ``score_ids`` as the HF backend, on vLLM's engine.
 
 Starts ``vllm.LLM`` in pooling mode on the unchanged policy folder with the SPRM architecture
-selected by ``hf_overrides`` (see ``metastone.serve.vllm_plugin``), sends token ids (never text),
+selected by ``hf_overrides`` (see ``metastone.serve.vllm.plugin``), sends token ids (never text),
 gets one probability per token back and picks the step rows with ``metastone.serve.scoring``.
 
 Prefix reuse (``reuse_prefix=True``, default): vLLM refuses its prefix cache to token-level pooling
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 from metastone.serve.scoring import MEMO_ENTRIES, StepScoreMemo, TraceScore, check_batch, trace_score_from_token_probs
-from metastone.serve.vllm_engine import build_llm
-from metastone.serve.vllm_plugin import sprm_architecture
+from metastone.serve.vllm.engine import build_llm
+from metastone.serve.vllm.plugin import sprm_architecture
 from metastone.sprm import SPRMConfig, backbone_hidden_size, locate_head, resolve_step_spec
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class VLLMScorer:
     """SPRM scores on vLLM. Engine options (``max_model_len``, ``gpu_memory_utilization``, ...) pass through.
 
     On a CPU-only host the KV cache gets an explicit size, ``kv_cache_gib`` GiB (None: auto), checked
-    against the memory free now (``metastone.serve.vllm_cpu.kv_cache_bytes``).
+    against the memory free now (``metastone.serve.vllm.cpu.kv_cache_bytes``).
 
     ``reuse_prefix`` (default True) reads vLLM's prefix cache (module docstring); False runs every trace
     in full, as before. ``memo_entries`` bounds the memo of step rows (~150 bytes each).

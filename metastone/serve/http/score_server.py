@@ -13,7 +13,7 @@ draft the policy produced always fits as token ids, but its text, tokenized agai
 original client sends text; see docs/serving.md "Traces longer than the context").
 
 Concurrent requests are scored together (``MicroBatcher``); at most ``max_in_flight`` are held, more
-get 503 + ``Retry-After``, and a request whose client left is never scored (``serve/http.py``
+get 503 + ``Retry-After``, and a request whose client left is never scored (``serve/http/common.py``
 ``LoadGuard``). Bad input is a 4xx JSON error naming the field; out of memory is retried request by
 request, then a 413 (that input alone does not fit).
 """
@@ -27,7 +27,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from metastone.serve.http import (DEFAULT_MAX_IN_FLIGHT, MicroBatcher, ServiceUnavailable, add_load_guard, bad_request,
+from metastone.serve.http.common import (DEFAULT_MAX_IN_FLIGHT, MicroBatcher, ServiceUnavailable, add_load_guard, bad_request,
                                   make_auth_dependency)
 from metastone.serve.scoring import Scorer, TraceScore
 

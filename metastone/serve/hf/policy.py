@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from metastone.sampling import Sampling
-from metastone.serve.hf_backend import parse_dtype
+from metastone.serve.hf.scorer import parse_dtype
 
 logger = logging.getLogger(__name__)
 

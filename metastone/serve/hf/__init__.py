@@ -1,0 +1,1 @@
+"""Hugging Face engines: the SPRM scorer (``scorer.HFScorer``) and the policy (``policy.HFPolicy``)."""
