@@ -291,7 +291,7 @@ def bon_fused_share(model_dir: Path, prompts, args) -> dict:
 
     from metastone.serve.step_scores import STEP_SCORES_ARG, STEP_SCORES_DIR_ENV, STEP_SCORES_PROCESSOR, read_token_probs
     from metastone.serve.vllm.cpu import cpu_block_kwargs, cpu_memory_kwargs, cpu_sampler_kwargs
-    from metastone.serve.vllm.scorer import sprm_hf_overrides
+    from metastone.serve.vllm.plugin import sprm_hf_overrides
 
     max_len = args.bon_prompt_tokens + args.bon_draft_tokens + 16
     requests = [(p, seed) for p in prompts for seed in range(args.bon_drafts)]

@@ -1,11 +1,12 @@
 """The machine's facts every engine decides by, read in one place: whether there is a CUDA device (and so
-which device the HF engines use), the cores this process may run on, and the memory free for a new engine.
+which device the HF engines use), the cores this process may run on, the memory free for a new engine and a free loopback port.
 Pure Python (torch imported on use): the serving and the training environments both use it."""
 
 from __future__ import annotations
 
 import glob
 import os
+import socket
 from pathlib import Path
 
 
@@ -87,3 +88,10 @@ def free_memory_bytes() -> int:
     if not candidates:
         raise RuntimeError("cannot read free memory (/proc/meminfo); give an explicit KV-cache size")
     return min(candidates)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

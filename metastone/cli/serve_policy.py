@@ -12,13 +12,9 @@ the score service (``--backend hf``; ``--backend vllm`` on CPU hosts).
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
-import time
 
 from metastone.serve.http.common import DEFAULT_MAX_IN_FLIGHT
-from metastone.serve.http.process import free_port
 from metastone.serve.vllm.cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
@@ -62,74 +58,16 @@ def make_parser(subparsers):
     return p
 
 
-def start_vllm_server(args, port: int, step_scores=None) -> subprocess.Popen:
-    """vLLM's OpenAI server on 127.0.0.1:port with the options every engine of ours gets
-    (``serve.vllm.engine.engine_options``); with ``step_scores`` (a ``StepScoreCollector``) the policy carries the
-    SPRM head and writes step scores."""
-    from metastone.serve.vllm.engine import engine_options, server_command
+def build_backend(args):
+    """The policy backend the flags ask for (``serve.http.policy_server.make_policy_backend``)."""
+    from metastone.serve.http.policy_server import make_policy_backend
 
-    options = engine_options(
-        args.model_path, role="policy", dtype=args.dtype, kv_cache_gib=args.kv_cache_gib,
-        chunked_prefill=args.chunked_prefill, step_scores=step_scores, max_model_len=args.max_model_len,
+    return make_policy_backend(
+        args.model_path, backend=args.backend, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
+        score_while_generating=getattr(args, "score_while_generating", False), head_path=getattr(args, "head_path", None),
+        ready_timeout_s=args.engine_ready_timeout, kv_cache_gib=args.kv_cache_gib, chunked_prefill=args.chunked_prefill,
         gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
         enforce_eager=args.enforce_eager or None, tensor_parallel_size=args.tensor_parallel_size)
-    cmd = server_command(sys.executable, args.model_path, port, {"dtype": args.dtype, **options})
-    env = os.environ.copy()
-    if step_scores is not None:
-        env.update(step_scores.env())
-    logger.info("starting vLLM: %s", " ".join(cmd))
-    return subprocess.Popen(cmd, env=env)
-
-
-def wait_until_healthy(url: str, proc: subprocess.Popen | None, timeout_s: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the vLLM server exited with code {proc.returncode} before becoming healthy")
-        try:
-            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    raise TimeoutError(f"the vLLM server at {url} was not healthy after {timeout_s:.0f}s")
-
-
-def build_backend(args):
-    from metastone.serve.step_scores import StepScoreCollector
-
-    fused = getattr(args, "score_while_generating", False)
-    head = getattr(args, "head_path", None)
-    if head is not None and not fused:
-        raise ValueError("--head only applies with --score_while_generating.")
-    if args.backend == "hf":
-        from metastone.serve.hf.policy import HFPolicy
-        from metastone.serve.http.policy_server import HFPolicyBackend
-        from metastone.devices import default_device
-
-        device = default_device(args.device)
-        logger.info("policy service: HF backend on device %s, %s", device, args.dtype)
-        policy = HFPolicy(args.model_path, device=device, dtype=args.dtype, max_len=args.max_model_len)
-        step_scores = StepScoreCollector(args.model_path, head, config=policy.attach_head(head)) if fused else None
-        return HFPolicyBackend(policy, str(args.model_path), step_scores=step_scores), None
-    from metastone.serve.vllm.cpu_sampling import PROCESSORS
-    from metastone.serve.http.policy_server import VLLMProxyBackend
-
-    step_scores = StepScoreCollector(args.model_path, head, vllm=True) if fused else None
-    port = free_port()
-    proc = start_vllm_server(args, port, step_scores)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, proc, args.engine_ready_timeout)
-    except BaseException:
-        proc.terminate()
-        if step_scores is not None:
-            step_scores.cleanup()
-        raise
-    return VLLMProxyBackend(url, str(args.model_path), cpu_sampling=any(c in proc.args for c in PROCESSORS),
-                            step_scores=step_scores), proc
 
 
 def main(args) -> int:

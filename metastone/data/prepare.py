@@ -126,7 +126,7 @@ def demo_rows(split: str, input_file: str | None = None, limit: int | None = Non
     The demo is a few-shot completion task (``metastone.eval.tasks.Demo``: no chat template, drafts
     end at a blank line), so each row names the completion agent loop and carries the stop strings.
     """
-    from metastone.eval.tasks import Demo
+    from metastone.eval.demo_task import Demo  # the demo task alone: no other task, grader or sandbox
 
     task = Demo.load(input_file, split=split) if input_file else Demo.load(split=split)
     examples = task.examples[:limit] if limit is not None else task.examples

@@ -104,14 +104,6 @@ class StepScoreCollector:
                                             self.config.aggregation, cached=len(prompt_ids))
 
     # -- vLLM --------------------------------------------------------------------------------------
-    def engine_kwargs(self, processors=()) -> dict:
-        """vLLM engine options: the policy with the head attached (``hf_overrides``) and the logits processors
-        ``processors`` followed by ``StepScoresOut``. The engine's processes must see ``env()``."""
-        from metastone.serve.vllm.scorer import sprm_hf_overrides
-
-        return {"hf_overrides": sprm_hf_overrides(self.model_dir, self.head_path, while_generating=True),
-                "logits_processors": [*processors, STEP_SCORES_PROCESSOR]}
-
     def env(self) -> dict[str, str]:
         return {STEP_SCORES_DIR_ENV: self.dir}
 

@@ -201,7 +201,7 @@ def _serve_in_thread(app):
 
     import uvicorn
 
-    from metastone.serve.http.process import free_port
+    from metastone.devices import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from metastone.serve.http.process import free_port
+from metastone.devices import free_port
 from metastone.sprm import spr_loss
 
 # Rank 0 and rank 1 data; the single-process reference sees both.

@@ -14,7 +14,7 @@ from functools import partial
 import pytest
 import torch
 
-from metastone.serve.http.process import free_port
+from metastone.devices import free_port
 
 CPU_PATCHES = {
     "verl.workers.engine.fsdp.transformer_impl": ("get_device_id", "get_device_name", "device_name"),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from metastone.serve.http.process import free_port
+from metastone.devices import free_port
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 

