@@ -2,7 +2,7 @@
 
 A Ray head (``verl/examples/ray/run_head.sh``) and a second Ray node (``run_worker.sh``) run as two
 raylets on this machine (distinct ports, one session folder, one logical GPU slot each), and the
-README's ``NNODES=2 PRESET=cpu_tiny ... bash scripts/run_multi_node.sh`` trains with one training rank
+docs/train.md's ``NNODES=2 PRESET=cpu_tiny ... bash scripts/run_multi_node.sh`` trains with one training rank
 per node (FSDP2 over gloo). One module-scoped sequence of three runs, each checked from what it leaves:
 
 1. run A (3 steps): saves steps 1 and 2; during step 3 the second node's raylet is ``kill -9``'d. The
