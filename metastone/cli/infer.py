@@ -23,7 +23,9 @@ import sys
 from dataclasses import fields
 
 from metastone.cli.flags import add_config_flags
+from metastone.engines.factory import EngineConfig
 from metastone.engines.http import SERVICE_WAIT_S
+from metastone.harness.runner import RunConfig
 from metastone.sampling import Sampling
 from metastone.serve.vllm.cpu import add_kv_cache_argument
 
@@ -91,31 +93,20 @@ def make_parser(subparsers):
     p.add_argument("--model", "--model_dir", "--model-dir", dest="model_dir", required=True, help="HF model folder (tokenizer, chat template; the models for local backends)")
     p.add_argument("--score_api_url", "--score-api-url", dest="score_api_url", default=None)
     p.add_argument("--response_api_url", "--response-api-url", dest="response_api_url", default=None, help="policy URLs, comma-separated")
-    p.add_argument("--backend", choices=["server", "vllm", "hf"], default=None, help="default: server if URLs are given")
-    p.add_argument("--total_parts", "--total-parts", dest="total_parts", type=int, default=1)
-    p.add_argument("--part", type=int, default=0)
+    add_config_flags(p, EngineConfig, only=("backend",))
+    add_config_flags(p, RunConfig, only=("total_parts", "part"))
     add_config_flags(p, Sampling, only=SAMPLING_FLAGS)
     p.add_argument("--chat_template", "--chat-template", dest="chat_template", choices=["auto", "on", "off"], default="auto",
                    help="apply the tokenizer's chat template to the task prompt (auto: the task decides)")
-    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None, help="drafts per batch (default: 128 vllm, 16 hf, 8 server; metastone.harness.infer.IN_FLIGHT)")
-    p.add_argument("--workers", type=int, default=None, help="batches in flight (default: 2 vllm, 1 hf, 2 per policy URL); with --strategy beam|mcts: "
-                        "questions searched side by side (default 8 local, 2 per policy URL), whose requests local "
-                        "engines merge into shared batches (--workers 1: no other question in a batch)")
-    p.add_argument("--max_retries", "--max-retries", dest="max_retries", type=int, default=3)
-    p.add_argument("--dtype", default="bfloat16", help="local backends")
-    p.add_argument("--device", default=None, help="hf backend device")
-    p.add_argument("--max_model_len", "--max-model-len", dest="max_model_len", type=int, default=None, help="vllm backend")
-    p.add_argument("--gpu_memory_utilization", "--gpu-memory-utilization", dest="gpu_memory_utilization", type=float, default=0.4,
-                   help="vllm backend: per engine (policy and scorer share the GPU)")
+    # None: resolved per backend (metastone.harness.infer.IN_FLIGHT), not RunConfig's library defaults
+    add_config_flags(p, RunConfig, only=("batch_size", "workers", "max_retries"), defaults={"batch_size": None, "workers": None},
+                     helps={"batch_size": "drafts per batch (default: 128 vllm, 16 hf, 8 server; metastone.harness.infer.IN_FLIGHT)",
+                            "workers": "batches in flight (default: 2 vllm, 1 hf, 2 per policy URL); with --strategy beam|mcts: "
+                                       "questions searched side by side (default 8 local, 2 per policy URL), whose requests local "
+                                       "engines merge into shared batches (--workers 1: no other question in a batch)"})
+    add_config_flags(p, EngineConfig, only=("dtype", "device", "max_model_len", "gpu_memory_utilization"))
     add_kv_cache_argument(p)
-    p.add_argument("--score_while_generating", "--score-while-generating", dest="score_while_generating", action="store_true",
-                   help="hf backend, or vllm on CPU: the policy applies the SPRM head as it decodes, so a draft is never "
-                        "run twice (same step scores as the separate scorer; docs/serving.md)")
-    p.add_argument("--api_key", "--api-key", dest="api_key", default=None, help="bearer token for the services")
-    p.add_argument("--service_wait_s", "--service-wait-s", dest="service_wait_s", type=float, default=SERVICE_WAIT_S,
-                   help="servers: a request whose service is unreachable or answers 502/503/504 is sent again with "
-                        "backoff for up to this many seconds (default %(default)s), then the run stops with its "
-                        "records kept (rerun to resume)")
+    add_config_flags(p, EngineConfig, only=("score_while_generating", "api_key", "service_wait_s"))
     p.add_argument("--no_progress", "--no-progress", dest="no_progress", action="store_true")
     g = p.add_argument_group("search (--strategy beam|mcts; docs/search.md); unset options take the strategy's defaults")
     g.add_argument("--strategy", choices=["bon", "beam", "mcts"], default="bon",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from metastone.engines.http import SERVICE_WAIT_S
 
@@ -16,18 +16,25 @@ class EngineConfig:
     """Where drafts are generated and scored. Errors name the ``metastone infer`` flag that fixes them."""
 
     model_dir: str
-    backend: str | None = None  # server | vllm | hf; None: server when URLs are given
+    backend: str | None = field(default=None, metadata={"help": "default: server if URLs are given",
+                                                          "choices": ("server", "vllm", "hf")})
     response_api_urls: tuple[str, ...] = ()  # policy services, drafts spread round-robin
     score_api_url: str | None = None
-    api_key: str | None = None  # bearer token for the services
-    dtype: str = "bfloat16"  # local backends
-    device: str | None = None  # hf backend (default: cuda if available, else cpu)
-    max_model_len: int | None = None  # vllm backend
-    gpu_memory_utilization: float = 0.4  # vllm backend, per engine (policy and scorer share the GPU)
+    api_key: str | None = field(default=None, metadata={"help": "bearer token for the services"})
+    dtype: str = field(default="bfloat16", metadata={"help": "local backends"})
+    device: str | None = field(default=None, metadata={"help": "hf backend device (default: cuda if available, else cpu)"})
+    max_model_len: int | None = field(default=None, metadata={"help": "vllm backend"})
+    gpu_memory_utilization: float = field(default=0.4, metadata={
+        "help": "vllm backend: per engine (policy and scorer share the GPU)"})
     kv_cache_gib: float | None = None  # vllm backend, per engine, CPU only (None = auto)
     head_path: str | None = None  # SPRM head folder/file (default: the model folder)
-    score_while_generating: bool = False  # local backends (vllm: CPU only): the policy scores its drafts as it decodes
-    service_wait_s: float = SERVICE_WAIT_S  # servers: how long a request waits for a service that is down
+    score_while_generating: bool = field(default=False, metadata={
+        "help": "hf backend, or vllm on CPU: the policy applies the SPRM head as it decodes, so a draft is never run "
+                "twice (same step scores as the separate scorer; docs/serving.md)"})
+    service_wait_s: float = field(default=SERVICE_WAIT_S, metadata={
+        "help": "servers: a request whose service is unreachable or answers 502/503/504 is sent again with backoff "
+                "for up to this many seconds (default %(default)s), then the run stops with its records kept (rerun "
+                "to resume)"})
 
     def __post_init__(self):
         if not self.service_wait_s >= 0:

@@ -52,11 +52,11 @@ class RunConfig:
     repetition_penalty: float = SAMPLING.repetition_penalty
     stop: tuple[str, ...] = ()
     chat_template: bool = True
-    total_parts: int = 1
-    part: int = 0
-    batch_size: int = 16
-    workers: int = 4
-    max_retries: int = 3
+    total_parts: int = field(default=1, metadata={"help": "split the questions into this many parts (one per process)"})
+    part: int = field(default=0, metadata={"help": "the part this process runs, in [0, total_parts)"})
+    batch_size: int = field(default=16, metadata={"help": "drafts per batch"})
+    workers: int = field(default=4, metadata={"help": "batches in flight"})
+    max_retries: int = field(default=3, metadata={"help": "a failed draft is retried alone this many times"})
     # Local engines batch the drafts of one question together: same prompt, no padding, so a draft's
     # numbers do not depend on which questions happened to share its batch (resume = same contents).
     group_by_question: bool = False
@@ -71,6 +71,7 @@ class RunConfig:
             raise ValueError(f"drafts per question (n_samples x branch) must be >= 1, got {self.drafts_per_question}.")
         if not 0 <= self.part < self.total_parts:
             raise ValueError(f"--part {self.part} must be in [0, --total_parts {self.total_parts}).")
+        Sampling.of(self).check()  # the one range check of the sampling options
         if self.batch_size < 1 or self.workers < 1 or self.max_retries < 0:
             raise ValueError("batch_size and workers must be >= 1 and max_retries >= 0.")
         if self.strategy != "bon" and not self.search:
